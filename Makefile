@@ -1,0 +1,51 @@
+# Everything a fresh machine needs goes through `setup`; `run` and `test` depend on it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+TORCH_VERSION := 2.13.0
+RUN_MODEL ?= tiny://musicgen?seed=0
+
+.PHONY: setup run test test-fast lint format proto bench lock clean
+
+setup: $(STAMP)
+
+# torch first: the CPU wheel is found by version; an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+run: setup
+	$(PY) -m musicrl serve generator --model '$(RUN_MODEL)'
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m 'not slow'
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+proto: setup
+	$(PY) -m musicrl.proto_codegen
+
+bench: setup
+	$(PY) bench/generation_throughput.py
+
+# Re-pin the transitive set after changing pyproject.toml (torch is pinned above, not here).
+lock: setup
+	$(PY) -m pip freeze --exclude-editable | grep -v -i '^torch==' > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
