@@ -1,0 +1,1 @@
+"""The event bus: NATS JetStream publishing and consuming of protobuf events."""

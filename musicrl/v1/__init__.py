@@ -1,0 +1,1 @@
+"""Generated protobuf modules of the v1 event schemas."""
