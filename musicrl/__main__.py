@@ -1,0 +1,6 @@
+"""``python -m musicrl`` runs the CLI."""
+
+from musicrl.cli import main
+
+
+main()
