@@ -1,0 +1,339 @@
+"""The generation engine: text in, audio tokens and audio out, on the MusicGen decoder.
+
+Written on the model's parts rather than ``generate()`` because serving and RL both need what
+``generate()`` hides: the codes, per-request sampling settings inside one batch, per-request seeds,
+and requests of different lengths leaving the batch as soon as they are done.
+
+The decode loop follows MusicGen (Copet et al. 2023):
+
+* the prompt is encoded once by the T5 encoder; the decoder cross-attends to it at every step;
+* classifier-free guidance runs the unconditional prompt (zero states, zero mask) as extra rows of the
+  same batch, only for the requests that use guidance;
+* the K codebooks follow the delay pattern: codebook k lags k frames behind codebook 0, so a clip of T
+  frames takes T + K - 1 steps, and positions outside a codebook's window hold the start token;
+* keys and values are cached, so each step feeds one token per codebook.
+"""
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import EncoderDecoderCache, MusicgenForConditionalGeneration
+
+from musicrl.config import EngineConfig, SamplingParams
+from musicrl.errors import InvalidRequest
+from musicrl.models.loading import MusicgenBundle, load_musicgen
+from musicrl.models.sampling import classifier_free_guidance, draw_uniforms, sample_tokens
+
+
+logger = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One clip to generate.
+
+    Attributes:
+        prompt: The text prompt.
+        params: How to sample it.
+        seed: Seed of its sampling noise; the same (prompt, params, seed) gives the same codes.
+    """
+
+    prompt: str
+    params: SamplingParams
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedClip:
+    """One generated clip.
+
+    Attributes:
+        codes: Audio tokens without the delay pattern, int64 [K, T].
+        audio: Mono waveform, float32 [S] with S = T * hop length.
+        sample_rate: Samples per second of ``audio``.
+        seed: The seed it was sampled with.
+    """
+
+    codes: torch.Tensor
+    audio: torch.Tensor
+    sample_rate: int
+    seed: int
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the audio in seconds."""
+        return self.audio.shape[-1] / self.sample_rate
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Per-row state of one decode loop; rows are indexed by their position in the request list."""
+
+    frames: torch.Tensor  # int64 [B]: T per row
+    temperature: torch.Tensor  # float32 [B]
+    top_k: torch.Tensor  # int64 [B]
+    guidance: torch.Tensor  # float32 [B]
+    uniforms: list[torch.Tensor]  # per row float64 [steps_b, K]
+    tokens: torch.Tensor  # int64 [B, K, L]: delayed token grid, position 0 = start token
+    text_states: torch.Tensor  # [B, S, D] projected, masked encoder states
+    text_mask: torch.Tensor  # int64 [B, S]
+
+
+class GenerationEngine:
+    """Batched MusicGen sampling with a KV cache, guidance, temperature, top-k and per-request seeds.
+
+    Args:
+        bundle: The loaded policy.
+        config: Device and precision settings the bundle was loaded with.
+    """
+
+    def __init__(self, bundle: MusicgenBundle, config: EngineConfig) -> None:
+        self.bundle = bundle
+        self.config = config
+
+    @classmethod
+    def from_uri(cls, uri: str, config: EngineConfig | None = None) -> "GenerationEngine":
+        """Load the policy at ``uri`` and wrap it in an engine."""
+        config = config or EngineConfig()
+        return cls(load_musicgen(uri, device=config.device, dtype=config.dtype), config)
+
+    @property
+    def model(self) -> MusicgenForConditionalGeneration:
+        return self.bundle.model
+
+    @property
+    def num_codebooks(self) -> int:
+        """K, the number of EnCodec codebooks."""
+        return int(self.model.decoder.num_codebooks)
+
+    @property
+    def vocab_size(self) -> int:
+        """V, the size of each codebook."""
+        return int(self.model.config.decoder.vocab_size)
+
+    @property
+    def sample_rate(self) -> int:
+        """Audio samples per second."""
+        return int(self.model.config.audio_encoder.sampling_rate)
+
+    @property
+    def frame_rate(self) -> float:
+        """Token frames per second (50 for MusicGen)."""
+        return float(self.model.config.audio_encoder.frame_rate)
+
+    @property
+    def start_token_id(self) -> int:
+        """The token the decoder starts from and the delay pattern pads with."""
+        generation = self.model.generation_config
+        for candidate in (generation.decoder_start_token_id, self.model.config.decoder.decoder_start_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return int(self.model.config.decoder.pad_token_id)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def frames_for(self, duration_s: float) -> int:
+        """Number of token frames T for a clip of ``duration_s`` seconds (at least one)."""
+        return max(1, round(duration_s * self.frame_rate))
+
+    def generate(
+        self, prompts: Sequence[str], params: SamplingParams, *, seeds: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generate one clip per prompt with shared sampling settings.
+
+        Args:
+            prompts: B text prompts.
+            params: Sampling settings for every clip.
+            seeds: B seeds, one per prompt.
+
+        Returns:
+            ``(audio, codes)``: float32 [B, S] and int64 [B, K, T].
+
+        Raises:
+            InvalidRequest: No prompts, or a seed count that differs from the prompt count.
+        """
+        if len(seeds) != len(prompts):
+            raise InvalidRequest(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
+        clips = self.generate_batch([GenerationRequest(p, params, s) for p, s in zip(prompts, seeds, strict=True)])
+        return torch.stack([c.audio for c in clips]), torch.stack([c.codes for c in clips])
+
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], *, on_step: StepCallback | None = None
+    ) -> list[GeneratedClip]:
+        """Generate a batch whose requests may differ in prompt, settings, length and seed.
+
+        Each clip depends only on its own request: the result is the same alone or batched.
+
+        Args:
+            requests: The clips to generate.
+            on_step: Called as ``on_step(done, total)`` after each decode step (for progress bars).
+
+        Returns:
+            One clip per request, in order.
+        """
+        codes = self.sample_codes(requests, on_step=on_step)
+        audio = self.decode_audio(codes)
+        return [
+            GeneratedClip(codes=c, audio=a, sample_rate=self.sample_rate, seed=r.seed)
+            for c, a, r in zip(codes, audio, requests, strict=True)
+        ]
+
+    @torch.inference_mode()
+    def sample_codes(
+        self, requests: Sequence[GenerationRequest], *, on_step: StepCallback | None = None
+    ) -> list[torch.Tensor]:
+        """Run the decode loop and return each request's codes, int64 [K, T_b], on the CPU.
+
+        Args:
+            requests: The clips to sample.
+            on_step: Called as ``on_step(done, total)`` after each decode step.
+        """
+        if not requests:
+            raise InvalidRequest("at least one prompt is required")
+        batch = self._prepare(requests)
+        steps = batch.frames + self.num_codebooks - 1  # [B]: the delay pattern adds K - 1 steps
+        active = torch.arange(len(requests))  # rows still decoding, by request index
+        cache = None
+        for step in range(int(steps.max())):
+            logits, cache = self._decoder_step(batch, active, step, cache)  # [A, K, V]
+            tokens = sample_tokens(
+                logits,
+                batch.temperature[active],
+                batch.top_k[active],
+                torch.stack([batch.uniforms[int(i)][step] for i in active]).to(logits.device),
+            )
+            self._write_delayed(batch, active, step + 1, tokens)
+            if on_step is not None:
+                on_step(step + 1, int(steps.max()))
+            finished = steps[active] == step + 1
+            if bool(finished.any()) and not bool(finished.all()):
+                cache = self._drop_rows(batch, active, finished, cache)
+                active = active[~finished]
+        return [self._undelay(batch.tokens[b], int(batch.frames[b])) for b in range(len(requests))]
+
+    @torch.inference_mode()
+    def decode_audio(self, codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Decode codes to waveforms with EnCodec, batching clips of equal length.
+
+        Args:
+            codes: Per clip int64 [K, T_b].
+
+        Returns:
+            Per clip float32 [S_b] on the CPU.
+        """
+        audio: list[torch.Tensor | None] = [None] * len(codes)
+        by_length: dict[int, list[int]] = {}
+        for index, c in enumerate(codes):
+            by_length.setdefault(int(c.shape[-1]), []).append(index)
+        for indices in by_length.values():
+            stacked = torch.stack([codes[i] for i in indices]).to(self.device)  # [G, K, T]
+            decoded = self.model.audio_encoder.decode(stacked[None], audio_scales=[None] * len(indices))
+            values = decoded.audio_values[:, 0].float().cpu()  # [G, S]: mono channel
+            for row, index in enumerate(indices):
+                audio[index] = values[row]
+        return [a for a in audio if a is not None]
+
+    def _prepare(self, requests: Sequence[GenerationRequest]) -> _Batch:
+        frames = torch.tensor([self.frames_for(r.params.duration_s) for r in requests])
+        max_position = int(frames.max()) + self.num_codebooks
+        limit = int(self.model.config.decoder.max_position_embeddings)
+        if max_position > limit:
+            longest = (limit - self.num_codebooks) / self.frame_rate
+            raise InvalidRequest(f"this model generates at most {longest:.1f} s per clip")
+        states, mask = self._encode_text([r.prompt for r in requests])
+        tokens = torch.full(
+            (len(requests), self.num_codebooks, max_position), self.start_token_id, dtype=torch.long
+        )  # [B, K, L]
+        return _Batch(
+            frames=frames,
+            temperature=torch.tensor([r.params.temperature for r in requests], dtype=torch.float32),
+            top_k=torch.tensor([r.params.top_k for r in requests], dtype=torch.long),
+            guidance=torch.tensor([r.params.guidance_scale for r in requests], dtype=torch.float32),
+            uniforms=[
+                draw_uniforms(r.seed, int(f) + self.num_codebooks - 1, self.num_codebooks)
+                for r, f in zip(requests, frames, strict=True)
+            ],
+            tokens=tokens,
+            text_states=states,
+            text_mask=mask,
+        )
+
+    def _encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5 states projected to the decoder width and zeroed at padding: [B, S, D], mask int64 [B, S]."""
+        encoded = self.bundle.tokenizer(
+            prompts,
+            padding=True,
+            truncation=True,
+            max_length=self.config.max_prompt_tokens,
+            return_tensors="pt",
+        )
+        input_ids = encoded["input_ids"].to(self.device)
+        mask = encoded["attention_mask"].to(self.device)
+        states = self.model.text_encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state  # [B, S, D_t]
+        if getattr(self.model, "enc_to_dec_proj", None) is not None:
+            states = self.model.enc_to_dec_proj(states)  # [B, S, D]
+        return states * mask[..., None], mask
+
+    def _model_rows(self, batch: _Batch, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder rows for the active requests: all conditional rows, then unconditional rows for guided ones.
+
+        Returns:
+            ``(guided, row_index)``: positions within ``active`` that use guidance, and for every decoder row
+            the request it belongs to (length A + G).
+        """
+        guided = torch.nonzero(batch.guidance[active] > 1).flatten()  # [G]
+        return guided, torch.cat([active, active[guided]])
+
+    def _decoder_step(
+        self, batch: _Batch, active: torch.Tensor, step: int, cache: EncoderDecoderCache | None
+    ) -> tuple[torch.Tensor, EncoderDecoderCache]:
+        """Feed position ``step`` of every active row; return guided float32 logits [A, K, V] and the cache."""
+        guided, row_index = self._model_rows(batch, active)
+        num_cond = len(active)
+        states = batch.text_states[row_index]  # [R, S, D]
+        mask = batch.text_mask[row_index]  # [R, S]
+        states[num_cond:] = 0  # the unconditional prompt: zero states under a zero mask, as MusicGen
+        mask[num_cond:] = 0
+        input_ids = batch.tokens[row_index, :, step].to(self.device)  # [R, K]
+        out = self.model.decoder(
+            input_ids=input_ids.reshape(-1, 1),  # [R * K, 1]: the decoder folds K into the batch
+            encoder_hidden_states=states,
+            encoder_attention_mask=mask,
+            cache=cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1, :].float().reshape(len(row_index), self.num_codebooks, -1)  # [R, K, V]
+        cond = logits[:num_cond]
+        if len(guided):
+            scale = batch.guidance[active[guided]].to(logits.device)
+            cond = cond.clone()
+            cond[guided] = classifier_free_guidance(cond[guided], logits[num_cond:], scale)
+        return cond, out.cache
+
+    def _write_delayed(self, batch: _Batch, active: torch.Tensor, position: int, tokens: torch.Tensor) -> None:
+        """Store sampled tokens at ``position``, keeping the start token outside each codebook's window."""
+        codebook = torch.arange(self.num_codebooks)  # [K]
+        frames = batch.frames[active][:, None]  # [A, 1]
+        in_window = (position >= codebook + 1) & (position <= codebook + frames)  # [A, K]
+        start = torch.full_like(tokens, self.start_token_id)
+        batch.tokens[active, :, position] = torch.where(in_window.to(tokens.device), tokens, start).cpu()
+
+    def _drop_rows(
+        self, batch: _Batch, active: torch.Tensor, finished: torch.Tensor, cache: EncoderDecoderCache
+    ) -> EncoderDecoderCache:
+        """Remove finished requests' rows (conditional and unconditional) from the KV cache."""
+        guided, _ = self._model_rows(batch, active)
+        keep_cond = torch.nonzero(~finished).flatten()
+        keep_uncond = len(active) + torch.nonzero(~finished[guided]).flatten()
+        cache.batch_select_indices(torch.cat([keep_cond, keep_uncond]).to(self.device))
+        return cache
+
+    def _undelay(self, tokens: torch.Tensor, frames: int) -> torch.Tensor:
+        """Codes int64 [K, T] from a delayed grid [K, L]: codebook k's frame f sits at position f + k + 1."""
+        return torch.stack([tokens[k, k + 1 : k + 1 + frames] for k in range(self.num_codebooks)])
