@@ -1,0 +1,99 @@
+"""The ``musicrl`` command line.
+
+    musicrl generate "PROMPT" --model URI --duration S --seed N -o out.wav
+    musicrl serve generator --model URI
+
+Flags are derived from the config dataclasses (``musicrl.settings``); errors the user can fix end the
+process with a sentence on stderr and the exit code of their class (``musicrl.errors``).
+"""
+
+import argparse
+import logging
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from musicrl.config import EngineConfig, GeneratorServiceConfig, SamplingParams
+from musicrl.errors import MusicRLError
+from musicrl.settings import add_config_flags, config_from
+
+
+logger = logging.getLogger("musicrl")
+
+Command = Callable[[argparse.Namespace], None]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the command, exit with its status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    command: Command = args.command
+    try:
+        command(args)
+    except MusicRLError as e:
+        logger.error("%s", e)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser: one sub-command per job."""
+    parser = argparse.ArgumentParser(prog="musicrl", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    generate = commands.add_parser("generate", help="generate one clip to a WAV file")
+    generate.add_argument("prompt", help="text prompt")
+    generate.add_argument("--model", dest="model_uri", required=True, help="model URI (tiny://, hf://, s3://, path)")
+    generate.add_argument("--seed", type=int, default=None, help="sampling seed (default: random, logged)")
+    generate.add_argument("-o", "--output", type=Path, required=True, help="WAV file to write")
+    generate.add_argument("--codes", type=Path, default=None, help="also write the codes [K, T] as .npy")
+    add_config_flags(generate, SamplingParams)
+    add_config_flags(generate, EngineConfig)
+    generate.set_defaults(command=_generate)
+
+    serve = commands.add_parser("serve", help="run a model server")
+    servers = serve.add_subparsers(required=True, metavar="SERVICE")
+    generator = servers.add_parser("generator", help="the policy over the V2 inference protocol")
+    add_config_flags(generator, GeneratorServiceConfig)
+    generator.set_defaults(command=_serve_generator)
+    return parser
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from musicrl.models.audio import encode_wav
+    from musicrl.models.engine import GenerationEngine, GenerationRequest
+
+    params = config_from(SamplingParams, args=args)
+    engine = GenerationEngine.from_uri(args.model_uri, config_from(EngineConfig, args=args))
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**63)
+    with tqdm(desc="decoding", unit="step") as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        (clip,) = engine.generate_batch([GenerationRequest(args.prompt, params, seed)], on_step=advance)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_bytes(encode_wav(clip.audio.numpy(), clip.sample_rate))
+    if args.codes is not None:
+        np.save(args.codes, clip.codes.numpy())
+    logger.info("wrote %.2f s of audio to %s (seed %d)", clip.duration_s, args.output, seed)
+
+
+def _serve_generator(args: argparse.Namespace) -> None:
+    from musicrl.serving.server import serve
+    from services.generator.model import GeneratorModel
+
+    config = config_from(GeneratorServiceConfig, args=args)
+    serve([GeneratorModel(config)], config.server)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Run KServe models over V2 REST and gRPC on a configurable address, loading them in the background.
+
+KServe's ``ModelServer`` binds 0.0.0.0 / [::] unconditionally and refuses to start before a model is
+ready. Here the same KServe pieces (data plane, REST app, gRPC servicer and interceptors) are assembled
+so that the listeners bind ``ServerConfig.host`` and come up at once: liveness answers while the
+weights load, and readiness (server and model) turns true only when ``load()`` has finished.
+"""
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+
+import grpc
+
+from musicrl.config import ServerConfig
+from musicrl.serving.kserve_compat import (
+    FASTAPI_APP_IMPORT_STRING,
+    DataPlane,
+    ExceptionToStatusInterceptor,
+    InferenceServicer,
+    LoggingInterceptor,
+    ModelRepository,
+    ModelRepositoryExtension,
+    RESTServer,
+    Model,
+    grpc_predict_v2_pb2_grpc,
+)
+
+
+logger = logging.getLogger(__name__)
+
+GRPC_WORKER_THREADS = 4  # the servicer is async; threads only serve blocking interceptors
+SHUTDOWN_GRACE_S = 10  # in-flight requests get this long after SIGTERM
+
+
+class ReadinessDataPlane(DataPlane):
+    """A data plane whose server readiness means: every registered model has loaded."""
+
+    async def ready(self) -> bool:
+        models = self.model_registry.get_models().values()
+        return bool(models) and all([await m.healthy() for m in models])
+
+
+class ModelLoadFailed(RuntimeError):
+    """A model's ``load()`` raised; the server exits so the orchestrator restarts it."""
+
+
+def serve(models: Sequence[Model], config: ServerConfig) -> None:
+    """Serve ``models`` until SIGINT or SIGTERM; blocks.
+
+    Args:
+        models: KServe models, not yet loaded; each one's ``load()`` runs in a background thread.
+        config: Bind address, ports and gRPC limits.
+
+    Raises:
+        ModelLoadFailed: A model failed to load.
+    """
+    asyncio.run(_serve(list(models), config))
+
+
+async def _serve(models: list[Model], config: ServerConfig) -> None:
+    registry = ModelRepository()
+    for model in models:
+        registry.update(model)
+    dataplane = ReadinessDataPlane(model_registry=registry)
+    extension = ModelRepositoryExtension(model_registry=registry)
+    stop = _install_stop_signals()
+    rest = RESTServer(FASTAPI_APP_IMPORT_STRING, dataplane, extension, config.http_port, grace_period=SHUTDOWN_GRACE_S)
+    rest.config.host = config.host
+    rest_task = asyncio.create_task(rest.start())
+    grpc_server = await _start_grpc(dataplane, extension, config) if config.enable_grpc else None
+    load_task = asyncio.create_task(asyncio.to_thread(_load_all, models))
+    logger.info(
+        "serving %s on %s (http %d, grpc %s)",
+        [m.name for m in models],
+        config.host,
+        config.http_port,
+        config.grpc_port if config.enable_grpc else "off",
+    )
+    stop_task = asyncio.create_task(stop.wait())
+    await asyncio.wait({rest_task, stop_task, load_task}, return_when=asyncio.FIRST_COMPLETED)
+    if load_task.done() and load_task.exception() is None:
+        await asyncio.wait({rest_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    await _shutdown(rest, rest_task, grpc_server, models)
+    if load_task.done() and load_task.exception() is not None:
+        raise ModelLoadFailed(f"loading failed: {load_task.exception()}") from load_task.exception()
+
+
+def _install_stop_signals() -> asyncio.Event:
+    """An event set by SIGINT/SIGTERM. Uvicorn re-raises the signals it captured into these handlers."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+    return stop
+
+
+def _load_all(models: list[Model]) -> None:
+    for model in models:
+        logger.info("loading model %s", model.name)
+        model.load()
+        if not model.ready:
+            raise ModelLoadFailed(f"model {model.name} finished load() without becoming ready")
+        logger.info("model %s is ready", model.name)
+
+
+async def _start_grpc(
+    dataplane: DataPlane, extension: ModelRepositoryExtension, config: ServerConfig
+) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        futures.ThreadPoolExecutor(max_workers=GRPC_WORKER_THREADS),
+        interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+        options=[
+            ("grpc.max_send_message_length", config.grpc_max_message_bytes),
+            ("grpc.max_receive_message_length", config.grpc_max_message_bytes),
+        ],
+    )
+    grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(dataplane, extension), server
+    )
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    server.add_insecure_port(f"{host}:{config.grpc_port}")
+    await server.start()
+    return server
+
+
+async def _shutdown(
+    rest: RESTServer, rest_task: asyncio.Task[None], grpc_server: grpc.aio.Server | None, models: list[Model]
+) -> None:
+    logger.info("shutting down")
+    rest._server.should_exit = True  # uvicorn's documented way to stop a Server from code
+    if grpc_server is not None:
+        await grpc_server.stop(grace=SHUTDOWN_GRACE_S)
+    await asyncio.wait({rest_task}, timeout=SHUTDOWN_GRACE_S + 5)
+    for model in models:
+        model.stop()

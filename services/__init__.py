@@ -1,0 +1,1 @@
+"""Deployables: thin wiring of the core package into servers."""

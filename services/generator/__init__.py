@@ -1,0 +1,1 @@
+"""The generator service: the policy behind the V2 inference protocol."""

@@ -1,0 +1,56 @@
+"""The generator as a KServe model: load() builds the engine, predict() batches requests through it."""
+
+from typing import Any
+
+from musicrl.config import GeneratorServiceConfig
+from musicrl.data.clips import ClipStore
+from musicrl.errors import ModelNotReady
+from musicrl.models.engine import GeneratedClip, GenerationEngine, GenerationRequest
+from musicrl.serving import generation_api, metrics
+from musicrl.serving.batcher import MicroBatcher
+from musicrl.serving.errors import served
+from musicrl.serving.kserve_compat import Model
+
+
+class GeneratorModel(Model):
+    """Serves one MusicGen policy under ``config.model_name``."""
+
+    def __init__(self, config: GeneratorServiceConfig) -> None:
+        super().__init__(config.model_name)
+        self.config = config
+        self.clip_store = ClipStore(config.clip_store_url) if config.clip_store_url else None
+        self.batcher: MicroBatcher[GenerationRequest, GeneratedClip] | None = None
+
+    def load(self) -> bool:
+        engine = GenerationEngine.from_uri(self.config.model_uri, self.config.engine)
+        self.batcher = MicroBatcher(engine.generate_batch, self.config.batching, self.name)
+        self.ready = True
+        return self.ready
+
+    @served()
+    async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+        if self.batcher is None:
+            raise ModelNotReady(f"model {self.name} is still loading")
+        call = generation_api.parse_generation_call(payload, self.config.limits, self.config.defaults)
+        clips = await self.batcher.submit(call.requests)
+        metrics.ITEMS.labels(model=self.name).inc(len(clips))
+        metrics.AUDIO_SECONDS.labels(model=self.name).inc(sum(c.duration_s for c in clips))
+        return generation_api.build_generation_response(
+            payload,
+            call,
+            clips,
+            model_name=self.name,
+            clip_store=self.clip_store,
+            max_message_bytes=self.config.server.grpc_max_message_bytes,
+        )
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        return generation_api.metadata_inputs()
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        return generation_api.metadata_outputs()
+
+    def stop(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        self.ready = False
