@@ -10,14 +10,13 @@ process with a sentence on stderr and the exit code of their class (``musicrl.er
 import argparse
 import logging
 import secrets
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from musicrl.config import EngineConfig, GeneratorServiceConfig, SamplingParams
-from musicrl.errors import MusicRLError
+from musicrl.entrypoint import run_main
 from musicrl.settings import add_config_flags, config_from
 
 
@@ -28,17 +27,9 @@ Command = Callable[[argparse.Namespace], None]
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the command, exit with its status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
     command: Command = args.command
-    try:
-        command(args)
-    except MusicRLError as e:
-        logger.error("%s", e)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(lambda: command(args))
 
 
 def build_parser() -> argparse.ArgumentParser:

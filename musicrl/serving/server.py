@@ -12,6 +12,7 @@ import signal
 import threading
 from collections.abc import Sequence
 from concurrent import futures
+from typing import Any
 
 import grpc
 
@@ -20,12 +21,14 @@ from musicrl.serving.kserve_compat import (
     FASTAPI_APP_IMPORT_STRING,
     DataPlane,
     ExceptionToStatusInterceptor,
+    InferenceError,
     InferenceServicer,
+    InvalidInput,
     LoggingInterceptor,
+    Model,
     ModelRepository,
     ModelRepositoryExtension,
     RESTServer,
-    Model,
     grpc_predict_v2_pb2_grpc,
 )
 
@@ -36,12 +39,25 @@ GRPC_WORKER_THREADS = 4  # the servicer is async; threads only serve blocking in
 SHUTDOWN_GRACE_S = 10  # in-flight requests get this long after SIGTERM
 
 
-class ReadinessDataPlane(DataPlane):
-    """A data plane whose server readiness means: every registered model has loaded."""
+class PlatformDataPlane(DataPlane):
+    """KServe's data plane with two corrections.
+
+    * Server readiness means every registered model has loaded (KServe always answers ready).
+    * A request body that cannot be decoded is the client's fault: KServe raises ``InferenceError`` (500)
+      for, e.g., binary BYTES that are not UTF-8; here it becomes ``InvalidInput`` (400).
+    """
 
     async def ready(self) -> bool:
         models = self.model_registry.get_models().values()
         return bool(models) and all([await m.healthy() for m in models])
+
+    def decode_inference_request(self, body: Any, headers: dict[str, str], model_name: str) -> Any:
+        try:
+            return super().decode_inference_request(body, headers, model_name)
+        except (InferenceError, ValueError, TypeError) as e:
+            if "UTF-8" in str(e):
+                raise InvalidInput("an input of datatype BYTES holds bytes that are not valid UTF-8 text") from e
+            raise InvalidInput(f"the request body cannot be decoded: {e}") from e
 
 
 class ModelLoadFailed(RuntimeError):
@@ -65,7 +81,7 @@ async def _serve(models: list[Model], config: ServerConfig) -> None:
     registry = ModelRepository()
     for model in models:
         registry.update(model)
-    dataplane = ReadinessDataPlane(model_registry=registry)
+    dataplane = PlatformDataPlane(model_registry=registry)
     extension = ModelRepositoryExtension(model_registry=registry)
     stop = _install_stop_signals()
     rest = RESTServer(FASTAPI_APP_IMPORT_STRING, dataplane, extension, config.http_port, grace_period=SHUTDOWN_GRACE_S)

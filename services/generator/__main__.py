@@ -3,19 +3,17 @@
 MUSICRL_MODEL_URI=tiny://musicgen?seed=0 python -m services.generator
 """
 
-import logging
-
 from musicrl.config import GeneratorServiceConfig
+from musicrl.entrypoint import run_main
 from musicrl.serving.server import serve
 from musicrl.settings import config_from
 from services.generator.model import GeneratorModel
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from(GeneratorServiceConfig)
     serve([GeneratorModel(config)], config.server)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
