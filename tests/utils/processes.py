@@ -1,0 +1,91 @@
+"""Start platform services as real subprocesses on loopback for integration tests."""
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class ServiceProcess:
+    process: subprocess.Popen
+    http_port: int
+    grpc_port: int
+    log_path: Path
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def model_server(
+    module: str,
+    env: Mapping[str, str],
+    log_dir: Path,
+    ready_model: str,
+    args: Sequence[str] = (),
+    timeout_s: float = 60,
+) -> Iterator[ServiceProcess]:
+    """Run ``python -m <module> <args>`` with MUSICRL_* settings in ``env`` until the model is ready; stop it after."""
+    http_port, grpc_port = free_port(), free_port()
+    log_path = log_dir / f"{module.replace('.', '_')}-{http_port}.log"
+    full_env = {
+        **os.environ,
+        "MUSICRL_HOST": "127.0.0.1",
+        "MUSICRL_HTTP_PORT": str(http_port),
+        "MUSICRL_GRPC_PORT": str(grpc_port),
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )
+    service = ServiceProcess(process, http_port, grpc_port, log_path)
+    try:
+        _wait_ready(service, ready_model, timeout_s)
+        yield service
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_ready(service: ServiceProcess, model: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    url = f"http://{service.http_url}/v2/models/{model}/ready"
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"server exited with {service.process.returncode}:\n{service.log()}")
+        with contextlib.suppress(requests.ConnectionError):
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"model {model} not ready after {timeout_s} s:\n{service.log()}")
