@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from musicrl.config import ServerConfig
+from musicrl.errors import MusicRLError
 from musicrl.serving.kserve_compat import (
     FASTAPI_APP_IMPORT_STRING,
     DataPlane,
@@ -60,8 +61,10 @@ class PlatformDataPlane(DataPlane):
             raise InvalidInput(f"the request body cannot be decoded: {e}") from e
 
 
-class ModelLoadFailed(RuntimeError):
-    """A model's ``load()`` raised; the server exits so the orchestrator restarts it."""
+class ModelLoadFailed(MusicRLError):
+    """A model's ``load()`` failed for a reason that is not itself a platform error."""
+
+    exit_code = 6
 
 
 def serve(models: Sequence[Model], config: ServerConfig) -> None:
@@ -72,7 +75,8 @@ def serve(models: Sequence[Model], config: ServerConfig) -> None:
         config: Bind address, ports and gRPC limits.
 
     Raises:
-        ModelLoadFailed: A model failed to load.
+        MusicRLError: A model failed to load (the loader's own error, e.g. ModelNotFound, or
+            ModelLoadFailed); the process should exit so that the orchestrator restarts it.
     """
     asyncio.run(_serve(list(models), config))
 
@@ -101,8 +105,11 @@ async def _serve(models: list[Model], config: ServerConfig) -> None:
     if load_task.done() and load_task.exception() is None:
         await asyncio.wait({rest_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
     await _shutdown(rest, rest_task, grpc_server, models)
-    if load_task.done() and load_task.exception() is not None:
-        raise ModelLoadFailed(f"loading failed: {load_task.exception()}") from load_task.exception()
+    error = load_task.exception() if load_task.done() else None
+    if isinstance(error, MusicRLError):
+        raise error
+    if error is not None:
+        raise ModelLoadFailed(f"loading the model failed: {error}") from error
 
 
 def _install_stop_signals() -> asyncio.Event:
