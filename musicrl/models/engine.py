@@ -71,13 +71,13 @@ class GeneratedClip:
 
 @dataclass(slots=True)
 class _Batch:
-    """Per-row state of one decode loop; rows are indexed by their position in the request list."""
+    """Per-row state of one decode loop, on the model's device; rows are indexed by request position."""
 
     frames: torch.Tensor  # int64 [B]: T per row
     temperature: torch.Tensor  # float32 [B]
     top_k: torch.Tensor  # int64 [B]
     guidance: torch.Tensor  # float32 [B]
-    uniforms: list[torch.Tensor]  # per row float64 [steps_b, K]
+    uniforms: torch.Tensor  # float64 [B, L - 1, K]: each row's own sampling noise, one draw per step
     tokens: torch.Tensor  # int64 [B, K, L]: delayed token grid, position 0 = start token
     text_states: torch.Tensor  # [B, S, D] projected, masked encoder states
     text_mask: torch.Tensor  # int64 [B, S]
@@ -198,16 +198,13 @@ class GenerationEngine:
             raise InvalidRequest("at least one prompt is required")
         batch = self._prepare(requests)
         steps = batch.frames + self.num_codebooks - 1  # [B]: the delay pattern adds K - 1 steps
-        active = torch.arange(len(requests))  # rows still decoding, by request index
+        active = torch.arange(len(requests), device=self.device)  # rows still decoding, by request index
         cache = None
         for step in range(int(steps.max())):
             logits, cache = self._decoder_step(batch, active, step, cache)  # [A, K, V]
             tokens = sample_tokens(
-                logits,
-                batch.temperature[active],
-                batch.top_k[active],
-                torch.stack([batch.uniforms[int(i)][step] for i in active]).to(logits.device),
-            )
+                logits, batch.temperature[active], batch.top_k[active], batch.uniforms[active, step]
+            )  # [A, K]
             self._write_delayed(batch, active, step + 1, tokens)
             if on_step is not None:
                 on_step(step + 1, int(steps.max()))
@@ -215,7 +212,8 @@ class GenerationEngine:
             if bool(finished.any()) and not bool(finished.all()):
                 cache = self._drop_rows(batch, active, finished, cache)
                 active = active[~finished]
-        return [self._undelay(batch.tokens[b], int(batch.frames[b])) for b in range(len(requests))]
+        grid = batch.tokens.cpu()
+        return [self._undelay(grid[b], int(batch.frames[b])) for b in range(len(requests))]
 
     @torch.inference_mode()
     def decode_audio(self, codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -240,7 +238,8 @@ class GenerationEngine:
         return [a for a in audio if a is not None]
 
     def _prepare(self, requests: Sequence[GenerationRequest]) -> _Batch:
-        frames = torch.tensor([self.frames_for(r.params.duration_s) for r in requests])
+        device = self.device
+        frames = torch.tensor([self.frames_for(r.params.duration_s) for r in requests], device=device)
         max_position = int(frames.max()) + self.num_codebooks
         limit = int(self.model.config.decoder.max_position_embeddings)
         if max_position > limit:
@@ -248,17 +247,16 @@ class GenerationEngine:
             raise InvalidRequest(f"this model generates at most {longest:.1f} s per clip")
         states, mask = self._encode_text([r.prompt for r in requests])
         tokens = torch.full(
-            (len(requests), self.num_codebooks, max_position), self.start_token_id, dtype=torch.long
+            (len(requests), self.num_codebooks, max_position), self.start_token_id, dtype=torch.long, device=device
         )  # [B, K, L]
+        # every row draws noise for the longest row's steps: a prefix of its own stream, so unaffected by it
+        uniforms = torch.stack([draw_uniforms(r.seed, max_position - 1, self.num_codebooks) for r in requests])
         return _Batch(
             frames=frames,
-            temperature=torch.tensor([r.params.temperature for r in requests], dtype=torch.float32),
-            top_k=torch.tensor([r.params.top_k for r in requests], dtype=torch.long),
-            guidance=torch.tensor([r.params.guidance_scale for r in requests], dtype=torch.float32),
-            uniforms=[
-                draw_uniforms(r.seed, int(f) + self.num_codebooks - 1, self.num_codebooks)
-                for r, f in zip(requests, frames, strict=True)
-            ],
+            temperature=torch.tensor([r.params.temperature for r in requests], dtype=torch.float32, device=device),
+            top_k=torch.tensor([r.params.top_k for r in requests], dtype=torch.long, device=device),
+            guidance=torch.tensor([r.params.guidance_scale for r in requests], dtype=torch.float32, device=device),
+            uniforms=uniforms.to(device),  # [B, L - 1, K]
             tokens=tokens,
             text_states=states,
             text_mask=mask,
@@ -300,7 +298,7 @@ class GenerationEngine:
         mask = batch.text_mask[row_index]  # [R, S]
         states[num_cond:] = 0  # the unconditional prompt: zero states under a zero mask, as MusicGen
         mask[num_cond:] = 0
-        input_ids = batch.tokens[row_index, :, step].to(self.device)  # [R, K]
+        input_ids = batch.tokens[row_index, :, step]  # [R, K]
         out = self.model.decoder(
             input_ids=input_ids.reshape(-1, 1),  # [R * K, 1]: the decoder folds K into the batch
             encoder_hidden_states=states,
@@ -311,18 +309,18 @@ class GenerationEngine:
         logits = out.logits[:, -1, :].float().reshape(len(row_index), self.num_codebooks, -1)  # [R, K, V]
         cond = logits[:num_cond]
         if len(guided):
-            scale = batch.guidance[active[guided]].to(logits.device)
+            scale = batch.guidance[active[guided]]
             cond = cond.clone()
             cond[guided] = classifier_free_guidance(cond[guided], logits[num_cond:], scale)
         return cond, out.cache
 
     def _write_delayed(self, batch: _Batch, active: torch.Tensor, position: int, tokens: torch.Tensor) -> None:
         """Store sampled tokens at ``position``, keeping the start token outside each codebook's window."""
-        codebook = torch.arange(self.num_codebooks)  # [K]
+        codebook = torch.arange(self.num_codebooks, device=tokens.device)  # [K]
         frames = batch.frames[active][:, None]  # [A, 1]
         in_window = (position >= codebook + 1) & (position <= codebook + frames)  # [A, K]
         start = torch.full_like(tokens, self.start_token_id)
-        batch.tokens[active, :, position] = torch.where(in_window.to(tokens.device), tokens, start).cpu()
+        batch.tokens[active, :, position] = torch.where(in_window, tokens, start)
 
     def _drop_rows(
         self, batch: _Batch, active: torch.Tensor, finished: torch.Tensor, cache: EncoderDecoderCache
@@ -331,7 +329,7 @@ class GenerationEngine:
         guided, _ = self._model_rows(batch, active)
         keep_cond = torch.nonzero(~finished).flatten()
         keep_uncond = len(active) + torch.nonzero(~finished[guided]).flatten()
-        cache.batch_select_indices(torch.cat([keep_cond, keep_uncond]).to(self.device))
+        cache.batch_select_indices(torch.cat([keep_cond, keep_uncond]))
         return cache
 
     def _undelay(self, tokens: torch.Tensor, frames: int) -> torch.Tensor:
