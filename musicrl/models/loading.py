@@ -1,5 +1,6 @@
 """Load a MusicGen policy and its tokenizer from any model URI."""
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from musicrl.models.uri import ModelURI, Scheme
 
 logger = logging.getLogger(__name__)
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -72,15 +74,28 @@ def load_musicgen(uri: str | ModelURI, *, device: str = "cpu", dtype: str = "flo
 def _load_pretrained(
     directory: Path,
 ) -> tuple[MusicgenForConditionalGeneration, PreTrainedTokenizerBase, CheckpointMetadata | None]:
+    # transformers builds a default-size MusicGen from any config.json, and an empty tokenizer from a
+    # directory without tokenizer files, so both are checked before loading rather than after.
+    model_type = _model_type(directory)
+    if model_type != "musicgen":
+        raise IncompatibleModel(f"{directory} holds a {model_type!r} model, not a MusicGen")
+    if not any((directory / name).exists() for name in TOKENIZER_FILES):
+        raise IncompatibleModel(
+            f"{directory} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer with the model"
+        )
     try:
         model = MusicgenForConditionalGeneration.from_pretrained(directory)
-    except (OSError, ValueError, KeyError) as e:
-        raise IncompatibleModel(f"{directory} does not hold a MusicGen checkpoint: {e}") from e
-    try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
-    except (OSError, ValueError) as e:
-        raise IncompatibleModel(f"{directory} has no tokenizer files (save the tokenizer with the model)") from e
+    except (OSError, ValueError, KeyError) as e:
+        raise IncompatibleModel(f"{directory} does not hold a loadable MusicGen checkpoint: {e}") from e
     return model, tokenizer, read_metadata(directory)
+
+
+def _model_type(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / "config.json").read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError) as e:
+        raise IncompatibleModel(f"{directory} has no readable config.json: {e}") from e
 
 
 def _check_supported(model: MusicgenForConditionalGeneration, uri: ModelURI) -> None:

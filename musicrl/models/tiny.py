@@ -47,12 +47,29 @@ class TinyMusicgenSpec:
     text_hidden_size: int = 32  # T5 width; != hidden_size exercises the enc_to_dec projection
     max_position_embeddings: int = 2048  # 40 s at 50 frames/s, as MusicGen
 
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value < 0 or (f.name != "seed" and value == 0):
+                rule = ">= 0" if f.name == "seed" else "positive"
+                raise InvalidRequest(f"tiny://musicgen parameter {f.name}={value} must be {rule}")
+        if self.hidden_size % self.num_attention_heads:
+            raise InvalidRequest(
+                f"tiny://musicgen hidden_size={self.hidden_size} must be a multiple of "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
+        if self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1):
+            raise InvalidRequest(
+                f"tiny://musicgen codebook_size={self.codebook_size} must be a power of two >= 2 "
+                "(EnCodec spends a whole number of bits per code)"
+            )
+
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> "TinyMusicgenSpec":
         """Build a spec from URI query parameters, e.g. ``{"seed": "3", "hidden_size": "256"}``.
 
         Raises:
-            InvalidRequest: An unknown key or a value that is not a positive integer.
+            InvalidRequest: An unknown key, a value that is not an integer, or sizes that do not fit together.
         """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(params) - known)
@@ -64,8 +81,6 @@ class TinyMusicgenSpec:
                 values[key] = int(raw)
             except ValueError as e:
                 raise InvalidRequest(f"tiny://musicgen parameter {key}={raw!r} is not an integer") from e
-            if values[key] < 0 or (key != "seed" and values[key] == 0):
-                raise InvalidRequest(f"tiny://musicgen parameter {key}={raw!r} must be positive")
         return cls(**values)
 
 

@@ -58,18 +58,19 @@ class ModelURI:
         if "://" not in uri:
             return cls(raw=uri, scheme=Scheme.LOCAL, location=str(Path(uri).expanduser().resolve()))
         protocol, rest = uri.split("://", 1)
+        protocol = protocol.lower()  # schemes are case-insensitive (RFC 3986 §3.1)
         if protocol == "tiny":
             return _parse_tiny(uri)
         if protocol == "hf":
             return _parse_hf(uri, rest)
         if protocol in ("file", "local"):
-            return cls(raw=uri, scheme=Scheme.LOCAL, location=str(Path(urllib.parse.unquote(rest)).resolve()))
+            return _parse_file(uri)
         if protocol not in fsspec.available_protocols():
             raise InvalidRequest(
                 f"unknown model URI scheme {protocol!r} in {uri!r}; use tiny://, hf://, file://, a path, "
                 "or an fsspec protocol such as s3:// or gs://"
             )
-        return cls(raw=uri, scheme=Scheme.REMOTE, location=uri)
+        return cls(raw=uri, scheme=Scheme.REMOTE, location=f"{protocol}://{rest}")
 
     def __str__(self) -> str:
         return self.raw
@@ -81,6 +82,16 @@ def _parse_tiny(uri: str) -> ModelURI:
         raise InvalidRequest(f"tiny URI {uri!r} names no model kind; write tiny://musicgen?seed=0")
     params = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
     return ModelURI(raw=uri, scheme=Scheme.TINY, location=parts.netloc, params=params)
+
+
+def _parse_file(uri: str) -> ModelURI:
+    parts = urllib.parse.urlsplit(uri)
+    if parts.netloc not in ("", "localhost"):
+        raise InvalidRequest(f"file URI {uri!r} names host {parts.netloc!r}; write file:///absolute/path")
+    path = urllib.parse.unquote(parts.path)
+    if not path.startswith("/"):
+        raise InvalidRequest(f"file URI {uri!r} has no absolute path; write file:///absolute/path")
+    return ModelURI(raw=uri, scheme=Scheme.LOCAL, location=str(Path(path).resolve()))
 
 
 def _parse_hf(uri: str, rest: str) -> ModelURI:
