@@ -1,0 +1,155 @@
+"""Tests of the ``musicrl`` command line, run in-process: outputs, reproducibility and exit codes."""
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from musicrl.cli import main
+from tests.utils.tiny_models import TINY_MUSICGEN_URI
+
+
+DURATION_S = "0.5"  # 25 frames at 50 Hz: 28 decode steps, about a second on a CPU
+PROMPT = "a calm piano melody"
+
+
+def _run_cli(argv: Sequence[str]) -> int:
+    """Run ``musicrl`` with ``argv``; return its exit status (0 when ``main`` returns normally)."""
+    try:
+        main(list(argv))
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def _generate(out_dir: Path, seed: int, *extra: str) -> int:
+    return _run_cli(
+        ["generate", PROMPT, "--model", TINY_MUSICGEN_URI, "--duration", DURATION_S, "--seed", str(seed)]
+        + ["-o", str(out_dir / "clip.wav"), "--codes", str(out_dir / "codes.npy"), *extra]
+    )
+
+
+@dataclass(frozen=True)
+class _Generated:
+    status: int
+    wav: Path
+    codes: Path
+
+
+@pytest.fixture(scope="module")
+def generated_seed3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Generated]:
+    """One ``musicrl generate`` run with seed 3, shared by the read-only checks below (it is the slow part)."""
+    out_dir = tmp_path_factory.mktemp("generate-seed3")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [n for n in os.environ if n.startswith("MUSICRL_")]:
+            mp.delenv(name)  # flags only: no stray MUSICRL_DURATION_S from the caller's shell
+        mp.setenv("MUSICRL_CACHE_DIR", str(out_dir / "cache"))
+        status = _generate(out_dir / "out", seed=3)
+    yield _Generated(status=status, wav=out_dir / "out" / "clip.wav", codes=out_dir / "out" / "codes.npy")
+
+
+@pytest.fixture
+def _no_musicrl_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("MUSICRL_") and n != "MUSICRL_CACHE_DIR"]:
+        monkeypatch.delenv(name)
+
+
+def test_generate_exits_0(generated_seed3: _Generated) -> None:
+    assert generated_seed3.status == 0
+
+
+def test_generate_writes_half_a_second_of_mono_32khz_wav(generated_seed3: _Generated) -> None:
+    info = soundfile.info(str(generated_seed3.wav))
+    audio, sample_rate = soundfile.read(str(generated_seed3.wav), dtype="float32")
+
+    assert (info.samplerate, info.channels, info.frames, info.subtype) == (32_000, 1, 16_000, "PCM_16")
+    assert sample_rate == 32_000
+    assert audio.shape == (16_000,)
+    assert bool(np.isfinite(audio).all())
+    assert float(np.abs(audio).max()) > 0  # random EnCodec codebooks decode to sound, not silence
+
+
+def test_generate_writes_codes_k_by_t(generated_seed3: _Generated) -> None:
+    codes = np.load(generated_seed3.codes)
+
+    assert codes.shape == (4, 25)  # [K, T]: 4 codebooks, 0.5 s at 50 frames/s
+    assert codes.dtype == np.int64
+    assert 0 <= int(codes.min()) and int(codes.max()) < 128  # inside the tiny codebook, never the start token
+
+
+@pytest.mark.usefixtures("_no_musicrl_env")
+def test_same_seed_gives_identical_codes_and_audio(generated_seed3: _Generated, tmp_path: Path) -> None:
+    assert _generate(tmp_path, seed=3) == 0
+
+    assert np.array_equal(np.load(tmp_path / "codes.npy"), np.load(generated_seed3.codes))
+    assert (tmp_path / "clip.wav").read_bytes() == generated_seed3.wav.read_bytes()
+
+
+@pytest.mark.usefixtures("_no_musicrl_env")
+def test_other_seed_gives_other_codes(generated_seed3: _Generated, tmp_path: Path) -> None:
+    assert _generate(tmp_path, seed=4) == 0
+
+    assert not np.array_equal(np.load(tmp_path / "codes.npy"), np.load(generated_seed3.codes))
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "musicrl" and r.levelno == logging.ERROR]
+
+
+@pytest.mark.usefixtures("_no_musicrl_env")
+def test_negative_duration_exits_2_with_a_sentence(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    status = _run_cli(
+        ["generate", PROMPT, "--model", TINY_MUSICGEN_URI, "--duration", "-1", "-o", str(tmp_path / "x.wav")]
+    )
+
+    assert status == 2
+    assert _errors(caplog) == ["duration_s must be a positive number of seconds, got -1.0"]
+    assert not (tmp_path / "x.wav").exists()
+
+
+@pytest.mark.usefixtures("_no_musicrl_env")
+def test_unknown_scheme_exits_2(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    status = _run_cli(["generate", PROMPT, "--model", "bogus://models/x", "-o", str(tmp_path / "x.wav")])
+
+    assert status == 2
+    assert len(_errors(caplog)) == 1
+    assert _errors(caplog)[0].startswith("unknown model URI scheme 'bogus' in 'bogus://models/x'")
+
+
+@pytest.mark.usefixtures("_no_musicrl_env")
+def test_missing_model_path_exits_3(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    missing = tmp_path / "no-such-checkpoint"
+
+    status = _run_cli(["generate", PROMPT, "--model", str(missing), "-o", str(tmp_path / "x.wav")])
+
+    assert status == 3
+    assert _errors(caplog) == [f"no checkpoint directory at {missing} (from {missing})"]
+    assert not (tmp_path / "x.wav").exists()
+
+
+@pytest.mark.usefixtures("_no_musicrl_env")
+def test_non_musicgen_model_exits_5(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    status = _run_cli(["generate", PROMPT, "--model", "tiny://bert", "-o", str(tmp_path / "x.wav")])
+
+    assert status == 5
+    assert _errors(caplog) == ["tiny://bert is not a MusicGen; use tiny://musicgen?seed=N"]
+
+
+@pytest.mark.usefixtures("_no_musicrl_env")
+def test_bad_dtype_flag_exits_2(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    argv = ["generate", PROMPT, "--model", TINY_MUSICGEN_URI, "--dtype", "float64", "-o", str(tmp_path / "x.wav")]
+
+    assert _run_cli(argv) == 2
+    assert _errors(caplog) == ["dtype must be float32, bfloat16 or float16, got 'float64'"]
+
+
+def test_missing_model_flag_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = _run_cli(["generate", PROMPT, "-o", str(tmp_path / "x.wav")])
+
+    assert status == 2
+    assert "the following arguments are required: --model" in capsys.readouterr().err
