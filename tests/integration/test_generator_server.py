@@ -44,7 +44,7 @@ def generator(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def http(generator):
-    client = httpclient.InferenceServerClient(generator.http_url, concurrency=8, network_timeout=120)
+    client = httpclient.InferenceServerClient(generator.http_url, network_timeout=120)
     yield client
     client.close()
 
@@ -223,9 +223,14 @@ def test_grpc_reply_over_the_cap_without_a_clip_store_is_refused(grpc):
 
 def test_concurrent_requests_are_batched_and_metered(generator, http):
     def one(i: int):
-        return http.infer(
-            "generator", [_prompts(httpclient, [f"prompt {i}".encode()])], parameters={"duration_s": 0.3}
-        )
+        # tritonclient's HTTP client runs on gevent and must not be shared between threads: one client each
+        client = httpclient.InferenceServerClient(generator.http_url, network_timeout=120)
+        try:
+            return client.infer(
+                "generator", [_prompts(httpclient, [f"prompt {i}".encode()])], parameters={"duration_s": 0.3}
+            )
+        finally:
+            client.close()
 
     before = _metrics(generator)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
