@@ -83,6 +83,22 @@ class _Batch:
     text_mask: torch.Tensor  # int64 [B, S]
 
 
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """The decoder's batch: a conditional row per active request, then unconditional rows for guided ones."""
+
+    active: torch.Tensor  # int64 [A]: request index of each conditional row
+    guided: torch.Tensor  # int64 [G]: positions within ``active`` that use guidance
+    index: torch.Tensor  # int64 [R = A + G]: request index of every decoder row
+    states: torch.Tensor  # [R, S, D]: text states, zero on the unconditional rows
+    mask: torch.Tensor  # int64 [R, S]: text mask, zero on the unconditional rows
+    frames: torch.Tensor  # int64 [A]
+    steps: torch.Tensor  # int64 [A]: T + K - 1
+    temperature: torch.Tensor  # float32 [A]
+    top_k: torch.Tensor  # int64 [A]
+    guidance_scale: torch.Tensor  # float32 [G]
+
+
 class GenerationEngine:
     """Batched MusicGen sampling with a KV cache, guidance, temperature, top-k and per-request seeds.
 
@@ -197,21 +213,19 @@ class GenerationEngine:
         if not requests:
             raise InvalidRequest("at least one prompt is required")
         batch = self._prepare(requests)
-        steps = batch.frames + self.num_codebooks - 1  # [B]: the delay pattern adds K - 1 steps
-        active = torch.arange(len(requests), device=self.device)  # rows still decoding, by request index
+        steps = [f + self.num_codebooks - 1 for f in batch.frames.tolist()]  # the delay pattern adds K - 1 steps
+        rows = self._rows(batch, torch.arange(len(requests), device=self.device))
         cache = None
-        for step in range(int(steps.max())):
-            logits, cache = self._decoder_step(batch, active, step, cache)  # [A, K, V]
-            tokens = sample_tokens(
-                logits, batch.temperature[active], batch.top_k[active], batch.uniforms[active, step]
-            )  # [A, K]
-            self._write_delayed(batch, active, step + 1, tokens)
+        for step in range(max(steps)):
+            logits, cache = self._decoder_step(batch, rows, step, cache)  # [A, K, V]
+            tokens = sample_tokens(logits, rows.temperature, rows.top_k, batch.uniforms[rows.active, step])  # [A, K]
+            self._write_delayed(batch, rows, step + 1, tokens)
             if on_step is not None:
-                on_step(step + 1, int(steps.max()))
-            finished = steps[active] == step + 1
-            if bool(finished.any()) and not bool(finished.all()):
-                cache = self._drop_rows(batch, active, finished, cache)
-                active = active[~finished]
+                on_step(step + 1, max(steps))
+            if step + 1 in steps and step + 1 < max(steps):  # some requests are complete: drop their rows
+                finished = rows.steps == step + 1  # [A]
+                cache.batch_select_indices(self._kept_decoder_rows(rows, finished))
+                rows = self._rows(batch, rows.active[~finished])
         grid = batch.tokens.cpu()
         return [self._undelay(grid[b], int(batch.frames[b])) for b in range(len(requests))]
 
@@ -278,59 +292,60 @@ class GenerationEngine:
             states = self.model.enc_to_dec_proj(states)  # [B, S, D]
         return states * mask[..., None], mask
 
-    def _model_rows(self, batch: _Batch, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoder rows for the active requests: all conditional rows, then unconditional rows for guided ones.
-
-        Returns:
-            ``(guided, row_index)``: positions within ``active`` that use guidance, and for every decoder row
-            the request it belongs to (length A + G).
-        """
+    def _rows(self, batch: _Batch, active: torch.Tensor) -> _Rows:
+        """The decoder batch for the ``active`` requests (recomputed only when requests finish)."""
         guided = torch.nonzero(batch.guidance[active] > 1).flatten()  # [G]
-        return guided, torch.cat([active, active[guided]])
+        index = torch.cat([active, active[guided]])  # [R]
+        states = batch.text_states[index]  # [R, S, D]
+        mask = batch.text_mask[index]  # [R, S]
+        states[len(active) :] = 0  # the unconditional prompt: zero states under a zero mask, as MusicGen
+        mask[len(active) :] = 0
+        return _Rows(
+            active=active,
+            guided=guided,
+            index=index,
+            states=states,
+            mask=mask,
+            frames=batch.frames[active],
+            steps=batch.frames[active] + self.num_codebooks - 1,
+            temperature=batch.temperature[active],
+            top_k=batch.top_k[active],
+            guidance_scale=batch.guidance[active[guided]],
+        )
 
     def _decoder_step(
-        self, batch: _Batch, active: torch.Tensor, step: int, cache: EncoderDecoderCache | None
+        self, batch: _Batch, rows: _Rows, step: int, cache: EncoderDecoderCache | None
     ) -> tuple[torch.Tensor, EncoderDecoderCache]:
         """Feed position ``step`` of every active row; return guided float32 logits [A, K, V] and the cache."""
-        guided, row_index = self._model_rows(batch, active)
-        num_cond = len(active)
-        states = batch.text_states[row_index]  # [R, S, D]
-        mask = batch.text_mask[row_index]  # [R, S]
-        states[num_cond:] = 0  # the unconditional prompt: zero states under a zero mask, as MusicGen
-        mask[num_cond:] = 0
-        input_ids = batch.tokens[row_index, :, step]  # [R, K]
+        input_ids = batch.tokens[rows.index, :, step]  # [R, K]
         out = self.model.decoder(
             input_ids=input_ids.reshape(-1, 1),  # [R * K, 1]: the decoder folds K into the batch
-            encoder_hidden_states=states,
-            encoder_attention_mask=mask,
+            encoder_hidden_states=rows.states,
+            encoder_attention_mask=rows.mask,
             cache=cache,
             use_cache=True,
         )
-        logits = out.logits[:, -1, :].float().reshape(len(row_index), self.num_codebooks, -1)  # [R, K, V]
+        logits = out.logits[:, -1, :].float().reshape(len(rows.index), self.num_codebooks, -1)  # [R, K, V]
+        num_cond = len(rows.active)
         cond = logits[:num_cond]
-        if len(guided):
-            scale = batch.guidance[active[guided]]
-            cond = cond.clone()
-            cond[guided] = classifier_free_guidance(cond[guided], logits[num_cond:], scale)
+        if len(rows.guided):
+            cond[rows.guided] = classifier_free_guidance(cond[rows.guided], logits[num_cond:], rows.guidance_scale)
         return cond, out.cache
 
-    def _write_delayed(self, batch: _Batch, active: torch.Tensor, position: int, tokens: torch.Tensor) -> None:
+    @staticmethod
+    def _kept_decoder_rows(rows: _Rows, finished: torch.Tensor) -> torch.Tensor:
+        """Decoder rows (conditional, then unconditional) of the requests that are not ``finished`` [A]."""
+        keep_cond = torch.nonzero(~finished).flatten()
+        keep_uncond = len(rows.active) + torch.nonzero(~finished[rows.guided]).flatten()
+        return torch.cat([keep_cond, keep_uncond])
+
+    def _write_delayed(self, batch: _Batch, rows: _Rows, position: int, tokens: torch.Tensor) -> None:
         """Store sampled tokens at ``position``, keeping the start token outside each codebook's window."""
         codebook = torch.arange(self.num_codebooks, device=tokens.device)  # [K]
-        frames = batch.frames[active][:, None]  # [A, 1]
+        frames = rows.frames[:, None]  # [A, 1]
         in_window = (position >= codebook + 1) & (position <= codebook + frames)  # [A, K]
         start = torch.full_like(tokens, self.start_token_id)
-        batch.tokens[active, :, position] = torch.where(in_window, tokens, start)
-
-    def _drop_rows(
-        self, batch: _Batch, active: torch.Tensor, finished: torch.Tensor, cache: EncoderDecoderCache
-    ) -> EncoderDecoderCache:
-        """Remove finished requests' rows (conditional and unconditional) from the KV cache."""
-        guided, _ = self._model_rows(batch, active)
-        keep_cond = torch.nonzero(~finished).flatten()
-        keep_uncond = len(active) + torch.nonzero(~finished[guided]).flatten()
-        cache.batch_select_indices(torch.cat([keep_cond, keep_uncond]))
-        return cache
+        batch.tokens[rows.active, :, position] = torch.where(in_window, tokens, start)
 
     def _undelay(self, tokens: torch.Tensor, frames: int) -> torch.Tensor:
         """Codes int64 [K, T] from a delayed grid [K, L]: codebook k's frame f sits at position f + k + 1."""

@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 
 from musicrl.config import BatchingConfig
 from musicrl.serving import metrics
+from musicrl.serving.torch_thread import torch_executor
 
 
 logger = logging.getLogger(__name__)
@@ -38,18 +39,23 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         run_batch: Blocking function from a list of rows to one result per row, in order.
         config: Batch size and queue delay limits.
         model_name: Label for the batch metrics.
+        executor: Where ``run_batch`` runs; one thread, since the engine is not re-entrant and a batch
+            already uses every core (default: the process's torch thread).
     """
 
     def __init__(
-        self, run_batch: Callable[[list[ItemT]], Sequence[ResultT]], config: BatchingConfig, model_name: str
+        self,
+        run_batch: Callable[[list[ItemT]], Sequence[ResultT]],
+        config: BatchingConfig,
+        model_name: str,
+        executor: concurrent.futures.Executor | None = None,
     ) -> None:
         self.run_batch = run_batch
         self.config = config
         self.model_name = model_name
+        self.executor = executor or torch_executor()
         self._queue: asyncio.Queue[_Pending[ItemT, ResultT]] | None = None
         self._worker: asyncio.Task[None] | None = None
-        # One thread: the engine is not re-entrant and batches already use every core.
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
 
     async def submit(self, items: Sequence[ItemT]) -> list[ResultT]:
         """Queue ``items`` and wait for their results.
@@ -71,10 +77,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         return list(await asyncio.gather(*(p.future for p in pending)))
 
     def close(self) -> None:
-        """Stop the worker; rows still queued fail with ``CancelledError``."""
+        """Stop collecting batches; callers still waiting get ``CancelledError``."""
         if self._worker is not None:
             self._worker.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _ensure_started(self) -> "asyncio.Queue[_Pending[ItemT, ResultT]]":
         if self._queue is None or self._worker is None or self._worker.done():
@@ -116,7 +121,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         metrics.BATCH_SIZE.labels(**labels).observe(len(batch))
         loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self._executor, self.run_batch, [p.item for p in batch])
+            results = await loop.run_in_executor(self.executor, self.run_batch, [p.item for p in batch])
         except Exception as e:  # handed to every caller of this batch; the server maps it to a status
             logger.exception("batch of %d rows failed", len(batch))
             for p in batch:

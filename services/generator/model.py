@@ -1,5 +1,6 @@
 """The generator as a KServe model: load() builds the engine, predict() batches requests through it."""
 
+import functools
 from typing import Any
 
 from musicrl.config import GeneratorServiceConfig
@@ -10,6 +11,7 @@ from musicrl.serving import generation_api, metrics
 from musicrl.serving.batcher import MicroBatcher
 from musicrl.serving.errors import served
 from musicrl.serving.kserve_compat import Model
+from musicrl.serving.torch_thread import torch_executor
 
 
 class GeneratorModel(Model):
@@ -22,7 +24,9 @@ class GeneratorModel(Model):
         self.batcher: MicroBatcher[GenerationRequest, GeneratedClip] | None = None
 
     def load(self) -> bool:
-        engine = GenerationEngine.from_uri(self.config.model_uri, self.config.engine)
+        # built on the torch thread, where the batches will run too
+        build = functools.partial(GenerationEngine.from_uri, self.config.model_uri, self.config.engine)
+        engine = torch_executor().submit(build).result()
         self.batcher = MicroBatcher(engine.generate_batch, self.config.batching, self.name)
         self.ready = True
         return self.ready
