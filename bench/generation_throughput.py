@@ -52,18 +52,19 @@ def engine_vs_generate(duration_s: float, batch: int, repeats: int) -> tuple[flo
             engine.model.generate(**inputs, do_sample=True, top_k=250, guidance_scale=3.0, max_new_tokens=new_tokens)
 
     run_engine(), run_generate()  # warm-up
-    engine_s = _best_of(run_engine, repeats)
-    generate_s = _best_of(run_generate, repeats)
+    engine_s, generate_s = _best_of_interleaved(run_engine, run_generate, repeats)
     return batch * duration_s / engine_s, batch * duration_s / generate_s
 
 
-def _best_of(fn, repeats: int) -> float:
-    times = []
+def _best_of_interleaved(first, second, repeats: int) -> tuple[float, float]:
+    """Best wall time of each function, alternating them so that machine noise hits both alike."""
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for fn, bucket in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return min(times[0]), min(times[1])
 
 
 def server_throughput(max_batch: int, clients: list[int], duration_s: float, per_client: int, log_dir: Path) -> dict:
@@ -105,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=1.0, help="seconds per clip")
     parser.add_argument("--requests-per-client", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2, help="engine/generate() timings keep the best of N")
+    parser.add_argument("--repeats", type=int, default=5, help="engine/generate() timings keep the best of N")
     args = parser.parse_args()
     torch.manual_seed(0)
 

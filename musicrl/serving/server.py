@@ -7,7 +7,9 @@ weights load, and readiness (server and model) turns true only when ``load()`` h
 """
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Sequence
@@ -78,10 +80,17 @@ def serve(models: Sequence[Model], config: ServerConfig) -> None:
         MusicRLError: A model failed to load (the loader's own error, e.g. ModelNotFound, or
             ModelLoadFailed); the process should exit so that the orchestrator restarts it.
     """
-    asyncio.run(_serve(list(models), config))
+    loaded = asyncio.run(_serve(list(models), config))
+    if not loaded:
+        # Stopped while the weights were still loading. A load cannot be cancelled, and waiting for it at
+        # interpreter exit would hold a terminating pod for the whole download: leave now.
+        logger.info("exiting before the model finished loading")
+        logging.shutdown()
+        os._exit(0)
 
 
-async def _serve(models: list[Model], config: ServerConfig) -> None:
+async def _serve(models: list[Model], config: ServerConfig) -> bool:
+    """Serve until stopped; returns whether every model finished loading."""
     registry = ModelRepository()
     for model in models:
         registry.update(model)
@@ -92,7 +101,7 @@ async def _serve(models: list[Model], config: ServerConfig) -> None:
     rest.config.host = config.host
     rest_task = asyncio.create_task(rest.start())
     grpc_server = await _start_grpc(dataplane, extension, config) if config.enable_grpc else None
-    load_task = asyncio.create_task(asyncio.to_thread(_load_all, models))
+    load_task = _start_loading(models)
     logger.info(
         "serving %s on %s (http %d, grpc %s)",
         [m.name for m in models],
@@ -110,6 +119,29 @@ async def _serve(models: list[Model], config: ServerConfig) -> None:
         raise error
     if error is not None:
         raise ModelLoadFailed(f"loading the model failed: {error}") from error
+    return load_task.done()
+
+
+def _start_loading(models: list[Model]) -> asyncio.Future[None]:
+    """Load the models on a daemon thread, so that a stop during a long download need not wait for it."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if not future.done():
+            future.set_result(None) if error is None else future.set_exception(error)
+
+    def work() -> None:
+        error: BaseException | None = None
+        try:
+            _load_all(models)
+        except BaseException as e:  # handed to the event loop, which ends the server with it
+            error = e
+        with contextlib.suppress(RuntimeError):  # the loop is already closed: the server has stopped
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=work, name="model-loader", daemon=True).start()
+    return future
 
 
 def _install_stop_signals() -> asyncio.Event:

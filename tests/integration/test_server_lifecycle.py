@@ -1,6 +1,7 @@
 """The server runtime: liveness at once, readiness only after load(), clean exits, load failures."""
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -82,3 +83,51 @@ def test_bad_settings_stop_the_service_before_it_listens(tmp_path):
         process = _start(["services.generator"], env, log)
     assert process.wait(timeout=60) == 2
     assert "MUSICRL_MAX_BATCH_SIZE: expected int, got 'zero'" in (tmp_path / "log").read_text()
+
+
+def _non_loopback_address() -> str | None:
+    """This machine's outward IPv4 address (a UDP connect sends nothing), or None if it has only loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def _accepts(address: str, port: int) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("host, reachable_from_outside", [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_listeners_bind_the_configured_address(tmp_path, host, reachable_from_outside):
+    outside = _non_loopback_address()
+    if outside is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    http_port, grpc_port = free_port(), free_port()
+    env = {"MUSICRL_HOST": host, "MUSICRL_HTTP_PORT": str(http_port), "MUSICRL_GRPC_PORT": str(grpc_port)}
+    with (tmp_path / "log").open("w") as log:
+        process = _start(["tests.utils.gated_model_server", str(tmp_path / "never-opens")], env, log)
+    try:
+        _wait_for(lambda: _accepts("127.0.0.1", http_port) and _accepts("127.0.0.1", grpc_port))
+        assert _accepts(outside, http_port) is reachable_from_outside
+        assert _accepts(outside, grpc_port) is reachable_from_outside
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_sigterm_while_loading_exits_without_waiting_for_the_load(tmp_path):
+    port = free_port()
+    env = {"MUSICRL_HTTP_PORT": str(port), "MUSICRL_GRPC_PORT": str(free_port())}
+    with (tmp_path / "log").open("w") as log:
+        process = _start(["tests.utils.gated_model_server", str(tmp_path / "never-opens")], env, log)
+    _wait_for(lambda: _accepts("127.0.0.1", port))
+    process.terminate()
+    assert process.wait(timeout=30) == 0
+    assert "exiting before the model finished loading" in (tmp_path / "log").read_text()
