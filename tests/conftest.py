@@ -52,6 +52,7 @@ def memory_filesystem() -> Iterator[fsspec.AbstractFileSystem]:
 def moto_s3_endpoint() -> Iterator[str]:
     """A real S3 API (moto's server) on a free loopback port, for the whole session; yields its URL."""
     import moto.server as moto_server  # a dev extra; imported here so sessions without S3 tests skip the cost
+
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -68,6 +69,7 @@ def s3_bucket(moto_s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterato
     """
     import boto3
     import s3fs
+
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
