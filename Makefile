@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml constraints.txt
 run: setup
 	$(PY) -m musicrl serve generator --model '$(RUN_MODEL)'
 
-test: setup
+# lint is part of test, so CI (which runs `make test`) enforces it
+test: setup lint
 	$(PY) -m pytest
 
 test-fast: setup
