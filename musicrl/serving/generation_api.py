@@ -121,7 +121,23 @@ def parse_generation_call(payload: InferRequest, limits: GenerationLimits, defau
         if params.duration_s > limits.max_duration_s:
             raise InvalidRequest(f"duration_s {params.duration_s} is above the maximum of {limits.max_duration_s} s")
         requests.append(GenerationRequest(prompt=prompt, params=params, seed=seed))
-    return GenerationCall(requests, _audio_format(parameters), _requested_outputs(payload))
+    audio_format = _audio_format(parameters)
+    if audio_format is AudioFormat.WAV and not _binary_audio(payload):
+        raise InvalidRequest(
+            "audio_format 'wav' returns file bytes, which a JSON reply cannot carry: request binary outputs "
+            "(parameter binary_data_output: true), or use gRPC, or audio_format 'pcm'"
+        )
+    return GenerationCall(requests, audio_format, _requested_outputs(payload))
+
+
+def _binary_audio(payload: InferRequest) -> bool:
+    """Whether the reply's ``audio`` travels as raw bytes (always over gRPC; opt-in over REST)."""
+    if payload.from_grpc:
+        return True
+    for output in payload.request_outputs or ():
+        if output.name == "audio":
+            return bool(output.binary_data)
+    return payload.use_binary_outputs
 
 
 def _checked_prompts(prompts: list[str], limits: GenerationLimits) -> list[str]:

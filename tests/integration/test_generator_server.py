@@ -130,6 +130,23 @@ def test_wav_format_returns_playable_files(http):
     assert rate == 32_000 and audio.shape == (16_000,)
 
 
+def test_plain_json_clients_get_pcm_and_a_clear_error_for_wav(generator):
+    url = f"http://{generator.http_url}/v2/models/generator/infer"
+    body = {
+        "inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": ["lofi hip hop beat"]}],
+        "parameters": {"duration_s": 0.2, "seed": 7},
+    }
+    reply = requests.post(url, json=body, timeout=60)
+    assert reply.status_code == 200
+    outputs = {o["name"]: o for o in reply.json()["outputs"]}
+    assert outputs["audio"]["shape"] == [1, 6400] and len(outputs["audio"]["data"]) == 6400
+    assert outputs["seed"]["data"] == [7]
+    body["parameters"]["audio_format"] = "wav"
+    refused = requests.post(url, json=body, timeout=60)
+    assert refused.status_code == 400
+    assert "binary_data_output" in refused.json()["error"]
+
+
 def test_requested_outputs_only(http):
     outputs = [httpclient.InferRequestedOutput("codes")]
     result = http.infer("generator", [_prompts(httpclient, [b"x"])], outputs=outputs, parameters={"duration_s": 0.2})
