@@ -169,3 +169,43 @@ class GeneratorServiceConfig:
                 f"the default duration_s ({self.defaults.duration_s}) exceeds max_duration_s "
                 f"({self.limits.max_duration_s}); lower one or raise the other"
             )
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    """The NATS JetStream event bus.
+
+    Attributes:
+        nats_url: NATS server URL(s), comma-separated.
+        stream_name: The JetStream stream holding every event (subjects ``musicrl.v1.>``).
+        dlq_stream_name: The stream holding dead letters (subjects ``musicrl.dlq.>``).
+        duplicate_window_s: JetStream drops a second publish with the same ``Nats-Msg-Id`` within this window.
+        max_age_s: Events older than this leave the stream; 0 keeps them (the recorder has them in Parquet).
+        replicas: Stream replicas (1 locally, 3 on a cluster).
+        publish_timeout_s: Wait for one acknowledgement.
+        publish_deadline_s: Give up publishing (and answer 503) after retrying this long.
+    """
+
+    nats_url: str = field(metadata={"help": "NATS server URL, e.g. nats://127.0.0.1:4222"})
+    stream_name: str = "MUSICRL"
+    dlq_stream_name: str = "MUSICRL_DLQ"
+    duplicate_window_s: float = 600.0  # 10 min: every retry of a publish lands inside it
+    max_age_s: float = 0.0  # keep forever; on a cluster, bound it once the recorder's Parquet is the record
+    replicas: int = 1  # a single local server; 3 on a cluster for quorum
+    publish_timeout_s: float = 2.0  # JetStream acks in milliseconds; 2 s means the server is in trouble
+    publish_deadline_s: float = 30.0  # rides out a server restart, well inside the duplicate window
+
+    def __post_init__(self) -> None:
+        if not self.nats_url:
+            raise InvalidRequest("nats_url is required, for example nats://127.0.0.1:4222")
+        if self.replicas not in (1, 3, 5):
+            raise InvalidRequest(f"replicas must be 1, 3 or 5 (a JetStream quorum), got {self.replicas}")
+        if not 0 < self.publish_timeout_s <= self.publish_deadline_s:
+            raise InvalidRequest("publish_timeout_s must be positive and at most publish_deadline_s")
+        if self.publish_deadline_s * 2 > self.duplicate_window_s:
+            raise InvalidRequest(
+                f"publish_deadline_s ({self.publish_deadline_s}) must be at most half of duplicate_window_s "
+                f"({self.duplicate_window_s}), so that a retried publish is always recognised as a duplicate"
+            )
+        if self.max_age_s < 0:
+            raise InvalidRequest(f"max_age_s must be >= 0 (0 keeps events forever), got {self.max_age_s}")

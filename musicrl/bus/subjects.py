@@ -34,6 +34,19 @@ def _snake_case(name: str) -> str:
     return _CAMEL_BOUNDARY.sub("_", name).lower()
 
 
+def kind_of(message: Message | type[Message]) -> str:
+    """The event kind: snake_case of the message name, e.g. ``preference_submitted``."""
+    return _snake_case(message.DESCRIPTOR.name)
+
+
+DLQ_PREFIX = "musicrl.dlq"
+
+
+def dlq_subject_for(subject: str) -> str:
+    """Where an undecodable message from ``subject`` goes: ``musicrl.v1.x`` → ``musicrl.dlq.v1.x``."""
+    return DLQ_PREFIX + "." + subject.removeprefix("musicrl.")
+
+
 def subject_for(message: Message | type[Message]) -> str:
     """Returns the NATS subject an event is published on.
 
@@ -44,4 +57,4 @@ def subject_for(message: Message | type[Message]) -> str:
         ``musicrl.v1.<kind>``, where kind is the snake_case of the message name, e.g.
         ``musicrl.v1.preference_submitted`` for ``PreferenceSubmitted``.
     """
-    return f"{SUBJECT_PREFIX}.{_snake_case(message.DESCRIPTOR.name)}"
+    return f"{SUBJECT_PREFIX}.{kind_of(message)}"
