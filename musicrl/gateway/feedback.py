@@ -1,0 +1,67 @@
+"""Feedback events: playback telemetry, preferences (the trophy) and quality ratings."""
+
+import asyncio
+
+from musicrl.bus.events import new_header
+from musicrl.bus.publisher import EventPublisher
+from musicrl.data.clips import ClipStore
+from musicrl.errors import NotFound
+from musicrl.gateway.comparisons import ComparisonService
+from musicrl.v1 import events_pb2
+
+
+CHOICES = {
+    "a": events_pb2.CHOICE_A,
+    "b": events_pb2.CHOICE_B,
+    "tie": events_pb2.CHOICE_TIE,
+    "none": events_pb2.CHOICE_NONE,
+}
+
+
+class FeedbackService:
+    """Checks feedback against what was served, then publishes it.
+
+    Args:
+        comparisons: Looks comparisons up.
+        clip_store: Checks that a rated clip exists.
+        publisher: Publishes the events.
+    """
+
+    def __init__(self, comparisons: ComparisonService, clip_store: ClipStore, publisher: EventPublisher) -> None:
+        self.comparisons = comparisons
+        self.clip_store = clip_store
+        self.publisher = publisher
+
+    async def playback(
+        self, comparison_id: str, clip_id: str, listened_ms: int, completed: bool, user_id: str, event_id: str
+    ) -> None:
+        """Publish a Playback event. Raises NotFound / InvalidRequest for an unknown comparison or clip."""
+        comparison = await self.comparisons.get(comparison_id)
+        comparison.slot_of(clip_id)
+        await self.publisher.publish(
+            events_pb2.Playback(
+                header=new_header(event_id),
+                comparison_id=comparison_id,
+                clip_id=clip_id,
+                listened_ms=listened_ms,
+                completed=completed,
+                user_id=user_id,
+            )
+        )
+
+    async def preference(self, comparison_id: str, choice: str, user_id: str, event_id: str) -> None:
+        """Publish a PreferenceSubmitted event. Raises NotFound for an unknown comparison."""
+        await self.comparisons.get(comparison_id)
+        await self.publisher.publish(
+            events_pb2.PreferenceSubmitted(
+                header=new_header(event_id), comparison_id=comparison_id, choice=CHOICES[choice], user_id=user_id
+            )
+        )
+
+    async def rating(self, clip_id: str, score: int, rater_id: str, event_id: str) -> None:
+        """Publish a QualityRating event. Raises NotFound for a clip that is not in the store."""
+        if not await asyncio.to_thread(self.clip_store.exists, clip_id):
+            raise NotFound(f"no clip {clip_id!r}")
+        await self.publisher.publish(
+            events_pb2.QualityRating(header=new_header(event_id), clip_id=clip_id, rater_id=rater_id, score=score)
+        )

@@ -1,0 +1,98 @@
+// The listening page: ask for a comparison, play both clips, report real playback, award the trophy.
+// Playback is measured from the audio elements' own events: time only counts while a clip plays forward.
+"use strict";
+
+const HEADERS = { "Content-Type": "application/json", "X-Requested-With": "musicrl-page" };
+const statusLine = document.getElementById("status");
+const section = document.getElementById("comparison");
+const cards = [...document.querySelectorAll(".clip")];
+let comparison = null;
+
+async function post(path, body) {
+  const response = await fetch(path, {
+    method: "POST", headers: HEADERS, credentials: "same-origin", body: JSON.stringify(body), keepalive: true,
+  });
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(data.detail || `request failed with status ${response.status}`);
+  return data;
+}
+
+function say(text, isError = false) {
+  statusLine.textContent = text;
+  statusLine.classList.toggle("error", isError);
+}
+
+function trackPlayback(card, clip) {
+  const audio = card.querySelector("audio");
+  const label = card.querySelector(".listened");
+  const state = { listenedMs: 0, completed: false, lastTime: null, reported: -1 };
+  audio.src = clip.audio_url;
+  audio.onplay = () => { state.lastTime = audio.currentTime; };
+  audio.ontimeupdate = () => {
+    if (state.lastTime !== null && !audio.paused) {
+      const step = audio.currentTime - state.lastTime;
+      if (step > 0 && step < 1.5) state.listenedMs += step * 1000;  // forward play, not a seek
+      state.lastTime = audio.currentTime;
+    }
+    label.textContent = `Listened ${(state.listenedMs / 1000).toFixed(1)} s`;
+  };
+  audio.onseeking = () => { state.lastTime = null; };
+  audio.onseeked = () => { state.lastTime = audio.paused ? null : audio.currentTime; };
+  const report = async () => {
+    const listened = Math.round(state.listenedMs);
+    if (listened === state.reported) return;
+    state.reported = listened;
+    try {
+      await post(`/v1/comparisons/${comparison.id}/playback`,
+                 { clip_id: clip.id, listened_ms: listened, completed: state.completed });
+    } catch (error) { say(error.message, true); }
+  };
+  audio.onpause = report;
+  audio.onended = () => { state.completed = true; state.lastTime = null; label.textContent += " (to the end)"; report(); };
+  card.report = report;
+}
+
+async function compare(event) {
+  event.preventDefault();
+  const prompt = document.getElementById("prompt").value.trim();
+  if (!prompt) return;
+  document.getElementById("compare").disabled = true;
+  section.hidden = true;
+  say("Generating two clips…");
+  try {
+    comparison = await post("/v1/comparisons", { prompt });
+    comparison.clips.forEach((clip, position) => {
+      const card = cards[position];
+      card.dataset.slot = clip.slot;
+      card.classList.remove("winner");
+      card.querySelector(".listened").textContent = "Not played yet";
+      trackPlayback(card, clip);
+    });
+    document.querySelectorAll("#comparison button").forEach((b) => { b.disabled = false; });
+    section.hidden = false;
+    say("Listen to both clips, then choose.");
+  } catch (error) {
+    say(error.message, true);
+  } finally {
+    document.getElementById("compare").disabled = false;
+  }
+}
+
+async function choose(choice, winner) {
+  await Promise.all(cards.map((card) => card.report && card.report()));  // playback first, then the choice
+  try {
+    await post(`/v1/comparisons/${comparison.id}/preference`, { choice });
+    document.querySelectorAll("#comparison button").forEach((b) => { b.disabled = true; });
+    if (winner) winner.classList.add("winner");
+    say("Thank you! Your choice was recorded. Try another prompt.");
+  } catch (error) {
+    say(error.message, true);
+  }
+}
+
+document.getElementById("prompt-form").addEventListener("submit", compare);
+cards.forEach((card) => {
+  card.querySelector(".trophy").addEventListener("click", () => choose(card.dataset.slot, card));
+});
+document.getElementById("tie").addEventListener("click", () => choose("tie", null));
+document.getElementById("none").addEventListener("click", () => choose("none", null));

@@ -1,0 +1,87 @@
+"""Generation jobs: ``POST /v1/generations`` (202) and ``GET /v1/generations/{id}``."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response, status
+
+from musicrl.config import SamplingParams
+from musicrl.errors import InvalidRequest
+from musicrl.gateway.deps import GenerateCaller, IdempotencyDep, StateDep
+from musicrl.gateway.jobs import Job, JobStatus
+from musicrl.gateway.routes import AUTHENTICATED, errors
+from musicrl.gateway.schemas import ClipPublic, GenerationCreate, GenerationPublic
+
+
+router = APIRouter(prefix="/v1/generations", tags=["generations"])
+SUBMIT_LEASE_S = 30.0  # recording a queued job takes milliseconds; the generation itself runs after the reply
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=errors(400, *AUTHENTICATED, 409, 503),
+    summary="Start generating clips for a prompt",
+)
+async def create_generation(
+    generation_in: GenerationCreate, state: StateDep, caller: GenerateCaller, idem: IdempotencyDep, response: Response
+) -> GenerationPublic:
+    limits = state.config.limits
+    if len(generation_in.prompt) > limits.max_prompt_chars:
+        raise InvalidRequest(
+            f"prompt has {len(generation_in.prompt)} characters; the maximum is {limits.max_prompt_chars}"
+        )
+    if generation_in.duration_s > limits.max_duration_s:
+        raise InvalidRequest(
+            f"duration_s {generation_in.duration_s} is above the maximum of {limits.max_duration_s} s"
+        )
+    if generation_in.num_clips > limits.max_clips_per_job:
+        raise InvalidRequest(f"num_clips {generation_in.num_clips} is above the maximum of {limits.max_clips_per_job}")
+    if not generation_in.prompt.strip():
+        raise InvalidRequest("prompt is blank")
+    params = SamplingParams(
+        duration_s=generation_in.duration_s,
+        temperature=generation_in.temperature,
+        top_k=generation_in.top_k,
+        guidance_scale=generation_in.guidance_scale,
+    )
+
+    async def submit() -> GenerationPublic:
+        job = await state.jobs.submit(generation_in.prompt, params, generation_in.num_clips, idem)
+        return generation_public(job)
+
+    generation, replayed = await idem.run(submit, GenerationPublic, lease_s=SUBMIT_LEASE_S)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/generations/{generation.id}"
+    return generation
+
+
+@router.get("/{generation_id}", responses=errors(*AUTHENTICATED, 404), summary="A generation job and its clips")
+async def read_generation(
+    generation_id: Annotated[str, Path(max_length=64)],
+    state: StateDep,
+    caller: GenerateCaller,
+    wait: Annotated[bool, Query(description="Block until the job is done or failed (bounded by the server).")] = False,
+) -> GenerationPublic:
+    if wait:
+        job = await state.jobs.wait(generation_id, state.config.limits.wait_timeout_s)
+    else:
+        job = await state.jobs.get(generation_id)
+    return generation_public(job)
+
+
+def generation_public(job: Job) -> GenerationPublic:
+    clips = [clip_public(c) for c in job.clip_ids] if job.status is JobStatus.DONE else []
+    return GenerationPublic(
+        id=job.id,
+        status=job.status.value,
+        prompt=job.prompt,
+        clips=clips,
+        error=job.error,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+    )
+
+
+def clip_public(clip_id: str) -> ClipPublic:
+    return ClipPublic(id=clip_id, audio_url=f"/v1/clips/{clip_id}.wav", codes_url=f"/v1/clips/{clip_id}/codes")

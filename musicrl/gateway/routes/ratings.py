@@ -1,0 +1,30 @@
+"""Quality ratings: ``POST /v1/ratings`` (the MOS labels of the quality reward)."""
+
+from fastapi import APIRouter, status
+
+from musicrl.gateway.deps import IdempotencyDep, RateCaller, StateDep, user_id
+from musicrl.gateway.routes import AUTHENTICATED, errors
+from musicrl.gateway.schemas import EventPublic, RatingCreate
+
+
+router = APIRouter(prefix="/v1/ratings", tags=["ratings"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses=errors(400, *AUTHENTICATED, 404, 409, 503),
+    summary="Rate a clip's acoustic quality from 1 to 5",
+)
+async def create_rating(
+    rating_in: RatingCreate, state: StateDep, caller: RateCaller, idem: IdempotencyDep
+) -> EventPublic:
+    rater = user_id(state, caller, rating_in.listener_id)
+
+    async def record() -> EventPublic:
+        event_id = idem.new_id("event/rating")
+        await state.feedback.rating(rating_in.clip_id, rating_in.score, rater, event_id)
+        return EventPublic(event_id=event_id)
+
+    event, _ = await idem.run(record, EventPublic, lease_s=0.0)
+    return event

@@ -1,0 +1,1 @@
+"""Policy rollout: the routing table between the stable and the canary policy."""

@@ -1,0 +1,1 @@
+"""The gateway service: REST API, listening page, events to NATS."""
