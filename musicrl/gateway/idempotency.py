@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import nats.errors
+from fastapi import Response
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
@@ -80,25 +81,27 @@ class Idempotency:
         return uuid.UUID(self.new_id(purpose)).int >> 65
 
     async def run(
-        self, work: Callable[[], Awaitable[ModelT]], model: type[ModelT], lease_s: float
-    ) -> tuple[ModelT, bool]:
-        """Run ``work`` once per key: returns its result and whether it was replayed from an earlier attempt.
+        self, work: Callable[[], Awaitable[ModelT]], model: type[ModelT], lease_s: float, response: Response
+    ) -> ModelT:
+        """Run ``work`` once per key and return its result; a replayed reply is marked ``Idempotent-Replayed``.
 
         Args:
             work: The request's work, returning the reply body.
             model: The reply's type (to rebuild a stored reply).
             lease_s: How long a first attempt holds the key against concurrent retries.
+            response: The outgoing reply, for the replay header.
         """
         replay = await self.begin(lease_s)
         if replay is not None:
-            return model.model_validate(replay.body), True
+            response.headers["Idempotent-Replayed"] = "true"
+            return model.model_validate(replay.body)
         try:
             result = await work()
         except BaseException:
             await self.abandon()
             raise
         await self.finish(200, result.model_dump(mode="json"))
-        return result, False
+        return result
 
     async def begin(self, lease_s: float) -> StoredReply | None:
         """Claim the key for ``lease_s``; returns the stored reply if this request was already answered.

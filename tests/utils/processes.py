@@ -79,13 +79,41 @@ def model_server(
 
 
 def _wait_ready(service: ServiceProcess, model: str, timeout_s: float) -> None:
+    _wait_for_url(service, f"http://{service.http_url}/v2/models/{model}/ready", timeout_s)
+
+
+@contextlib.contextmanager
+def http_service(
+    module: str, env: Mapping[str, str], log_dir: Path, ready_path: str = "/healthz", timeout_s: float = 60
+) -> Iterator[ServiceProcess]:
+    """Run ``python -m <module>`` (port from MUSICRL_PORT) until ``ready_path`` answers 200; stop it after."""
+    port = int(env.get("MUSICRL_PORT") or free_port())
+    log_path = log_dir / f"{module.replace('.', '_')}-{port}.log"
+    full_env = {**os.environ, "MUSICRL_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1", **env, "MUSICRL_PORT": str(port)}
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module], cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )
+    service = ServiceProcess(process, port, 0, log_path)
+    try:
+        _wait_for_url(service, f"http://127.0.0.1:{port}{ready_path}", timeout_s)
+        yield service
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_for_url(service: ServiceProcess, url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    url = f"http://{service.http_url}/v2/models/{model}/ready"
     while time.monotonic() < deadline:
         if service.process.poll() is not None:
-            raise RuntimeError(f"server exited with {service.process.returncode}:\n{service.log()}")
+            raise RuntimeError(f"{url}: server exited with {service.process.returncode}:\n{service.log()}")
         with contextlib.suppress(requests.ConnectionError):
             if requests.get(url, timeout=2).status_code == 200:
                 return
         time.sleep(0.2)
-    raise TimeoutError(f"model {model} not ready after {timeout_s} s:\n{service.log()}")
+    raise TimeoutError(f"{url} not ready after {timeout_s} s:\n{service.log()}")

@@ -46,10 +46,7 @@ async def create_comparison(
         return comparison_public(await state.comparisons.serve(prompt, params, listener, idem))
 
     # both clips are generated inside the request: the lease covers the longest wait the server allows
-    comparison, replayed = await idem.run(serve, ComparisonPublic, lease_s=limits.wait_timeout_s)
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return comparison
+    return await idem.run(serve, ComparisonPublic, limits.wait_timeout_s, response)
 
 
 @router.post(
@@ -64,6 +61,7 @@ async def create_playback(
     state: StateDep,
     caller: FeedbackCaller,
     idem: IdempotencyDep,
+    response: Response,
 ) -> EventPublic:
     listener = user_id(state, caller, playback_in.listener_id)
 
@@ -74,8 +72,7 @@ async def create_playback(
         )
         return EventPublic(event_id=event_id)
 
-    event, _ = await idem.run(record, EventPublic, lease_s=FEEDBACK_LEASE_S)
-    return event
+    return await idem.run(record, EventPublic, FEEDBACK_LEASE_S, response)
 
 
 @router.post(
@@ -90,6 +87,7 @@ async def create_preference(
     state: StateDep,
     caller: FeedbackCaller,
     idem: IdempotencyDep,
+    response: Response,
 ) -> EventPublic:
     listener = user_id(state, caller, preference_in.listener_id)
 
@@ -98,8 +96,7 @@ async def create_preference(
         await state.feedback.preference(comparison_id, preference_in.choice, listener, event_id)
         return EventPublic(event_id=event_id)
 
-    event, _ = await idem.run(record, EventPublic, lease_s=FEEDBACK_LEASE_S)
-    return event
+    return await idem.run(record, EventPublic, FEEDBACK_LEASE_S, response)
 
 
 def comparison_public(served: ServedComparison) -> ComparisonPublic:

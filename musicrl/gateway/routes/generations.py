@@ -49,9 +49,7 @@ async def create_generation(
         job = await state.jobs.submit(generation_in.prompt, params, generation_in.num_clips, idem)
         return generation_public(job)
 
-    generation, replayed = await idem.run(submit, GenerationPublic, lease_s=SUBMIT_LEASE_S)
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
+    generation = await idem.run(submit, GenerationPublic, SUBMIT_LEASE_S, response)
     response.headers["Location"] = f"/v1/generations/{generation.id}"
     return generation
 

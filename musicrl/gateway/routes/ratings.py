@@ -1,9 +1,10 @@
 """Quality ratings: ``POST /v1/ratings`` (the MOS labels of the quality reward)."""
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 
 from musicrl.gateway.deps import IdempotencyDep, RateCaller, StateDep, user_id
 from musicrl.gateway.routes import AUTHENTICATED, errors
+from musicrl.gateway.routes.comparisons import FEEDBACK_LEASE_S
 from musicrl.gateway.schemas import EventPublic, RatingCreate
 
 
@@ -17,7 +18,7 @@ router = APIRouter(prefix="/v1/ratings", tags=["ratings"])
     summary="Rate a clip's acoustic quality from 1 to 5",
 )
 async def create_rating(
-    rating_in: RatingCreate, state: StateDep, caller: RateCaller, idem: IdempotencyDep
+    rating_in: RatingCreate, state: StateDep, caller: RateCaller, idem: IdempotencyDep, response: Response
 ) -> EventPublic:
     rater = user_id(state, caller, rating_in.listener_id)
 
@@ -26,5 +27,4 @@ async def create_rating(
         await state.feedback.rating(rating_in.clip_id, rating_in.score, rater, event_id)
         return EventPublic(event_id=event_id)
 
-    event, _ = await idem.run(record, EventPublic, lease_s=0.0)
-    return event
+    return await idem.run(record, EventPublic, FEEDBACK_LEASE_S, response)

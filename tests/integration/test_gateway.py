@@ -1,0 +1,267 @@
+"""The gateway as a real process, with a real nats-server and a tiny generator behind it."""
+
+import asyncio
+import io
+
+import numpy as np
+import pytest
+import requests
+import soundfile
+
+from musicrl.bus.connection import connect
+from musicrl.bus.events import decode_event
+from musicrl.config import BusConfig
+from tests.utils.platform import running_platform
+
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    with running_platform(tmp_path_factory.mktemp("platform")) as running:
+        yield running
+
+
+def _events(platform, subject: str) -> list:
+    """Every event stored on ``subject``, decoded (read straight from the stream)."""
+
+    async def read() -> list:
+        client, js = await connect(BusConfig(nats_url=platform.nats.url), "test-reader")
+        try:
+            info = await js.stream_info("MUSICRL", subjects_filter=subject)
+            count = (info.state.subjects or {}).get(subject, 0)
+            if not count:
+                return []
+            sub = await js.pull_subscribe(subject, stream="MUSICRL")
+            messages = await sub.fetch(count, timeout=5)
+            await sub.unsubscribe()
+            return [decode_event(m.subject, m.data) for m in messages]
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
+
+
+def _comparison(platform, **headers) -> dict:
+    reply = requests.post(
+        f"{platform.url}/v1/comparisons", json={"prompt": "a calm piano piece"}, headers=platform.headers(**headers)
+    )
+    assert reply.status_code == 201, reply.text
+    return reply.json()
+
+
+def test_generation_job_from_202_to_downloadable_clips(platform):
+    headers = platform.headers()
+    body = {"prompt": "lofi hip hop beat", "duration_s": 0.5, "num_clips": 2}
+    accepted = requests.post(f"{platform.url}/v1/generations", json=body, headers=headers)
+    assert accepted.status_code == 202
+    job = accepted.json()
+    assert job["status"] in ("queued", "running", "done")
+    assert accepted.headers["Location"] == f"/v1/generations/{job['id']}"
+    done = requests.get(f"{platform.url}/v1/generations/{job['id']}", params={"wait": "true"}, headers=headers).json()
+    assert done["status"] == "done", done
+    assert len(done["clips"]) == 2
+    for clip in done["clips"]:
+        audio, rate = soundfile.read(
+            io.BytesIO(requests.get(platform.url + clip["audio_url"], headers=headers).content)
+        )
+        assert rate == 32_000 and audio.shape == (16_000,)
+        codes = np.load(io.BytesIO(requests.get(platform.url + clip["codes_url"], headers=headers).content))
+        assert codes.shape == (4, 25) and codes.dtype == np.int64
+    completed = {e.clip_id: e for e in _events(platform, "musicrl.v1.generation_completed")}
+    for clip in done["clips"]:
+        event = completed[clip["id"]]
+        assert event.prompt == "lofi hip hop beat" and event.policy.version == "v1"
+        assert event.sampling.duration_s == pytest.approx(0.5) and event.sampling.top_k == 250
+
+
+def test_a_comparison_serves_two_different_clips_and_records_it(platform):
+    comparison = _comparison(platform)
+    assert sorted(c["slot"] for c in comparison["clips"]) == ["a", "b"]
+    wavs = [
+        requests.get(platform.url + c["audio_url"], headers=platform.headers()).content for c in comparison["clips"]
+    ]
+    assert wavs[0] != wavs[1]  # stable vs stable, different seeds
+    (served,) = [e for e in _events(platform, "musicrl.v1.comparison_served") if e.comparison_id == comparison["id"]]
+    by_slot = {c["slot"]: c["id"] for c in comparison["clips"]}
+    assert served.clip_a.clip_id == by_slot["a"] and served.clip_b.clip_id == by_slot["b"]
+    first_slot = comparison["clips"][0]["slot"]
+    assert served.display_order == (1 if first_slot == "a" else 2)  # DISPLAY_ORDER_A_FIRST / _B_FIRST
+
+
+def test_feedback_is_published_with_a_pseudonymous_user(platform):
+    comparison = _comparison(platform)
+    clip = comparison["clips"][0]["id"]
+    url = f"{platform.url}/v1/comparisons/{comparison['id']}"
+    body = {"clip_id": clip, "listened_ms": 900, "completed": True, "listener_id": "listener-7"}
+    playback = requests.post(f"{url}/playback", json=body, headers=platform.headers())
+    preference = requests.post(
+        f"{url}/preference", json={"choice": "b", "listener_id": "listener-7"}, headers=platform.headers()
+    )
+    rating = requests.post(
+        f"{platform.url}/v1/ratings", json={"clip_id": clip, "score": 4}, headers=platform.headers()
+    )
+    assert [r.status_code for r in (playback, preference, rating)] == [201, 201, 201]
+    (stored,) = [
+        e for e in _events(platform, "musicrl.v1.preference_submitted") if e.comparison_id == comparison["id"]
+    ]
+    assert stored.header.event_id == preference.json()["event_id"]
+    assert stored.choice == 2  # CHOICE_B
+    assert len(stored.user_id) == 32 and "listener-7" not in stored.user_id
+    (played,) = [e for e in _events(platform, "musicrl.v1.playback") if e.comparison_id == comparison["id"]]
+    assert played.user_id == stored.user_id and played.listened_ms == 900 and played.completed
+
+
+def test_a_retried_request_with_its_idempotency_key_yields_one_event(platform):
+    comparison = _comparison(platform)
+    url = f"{platform.url}/v1/comparisons/{comparison['id']}/preference"
+    headers = platform.headers(**{"Idempotency-Key": "retry-me"})
+    replies = [requests.post(url, json={"choice": "a"}, headers=headers) for _ in range(3)]
+    assert {r.status_code for r in replies} == {201}
+    assert len({r.json()["event_id"] for r in replies}) == 1
+    assert [r.headers.get("Idempotent-Replayed") for r in replies] == [None, "true", "true"]
+    stored = [e for e in _events(platform, "musicrl.v1.preference_submitted") if e.comparison_id == comparison["id"]]
+    assert len(stored) == 1
+    changed = requests.post(url, json={"choice": "b"}, headers=headers)
+    assert changed.status_code == 409 and "different request" in changed.json()["detail"]
+
+
+def test_a_retried_comparison_returns_the_same_clips(platform):
+    headers = platform.headers(**{"Idempotency-Key": "compare-once"})
+    first = requests.post(f"{platform.url}/v1/comparisons", json={"prompt": "techno"}, headers=headers)
+    second = requests.post(f"{platform.url}/v1/comparisons", json={"prompt": "techno"}, headers=headers)
+    assert first.status_code == second.status_code == 201
+    assert first.json() == second.json()
+    served = [e for e in _events(platform, "musicrl.v1.comparison_served") if e.comparison_id == first.json()["id"]]
+    assert len(served) == 1
+
+
+@pytest.mark.parametrize(
+    "headers, status, message",
+    [
+        ({}, 401, "missing credentials"),
+        ({"Authorization": "Bearer mrl_not-a-key"}, 401, "unknown API key"),
+        ({"Authorization": "Basic abc"}, 401, "malformed Authorization header"),
+    ],
+)
+def test_unauthenticated_requests_are_refused(platform, headers, status, message):
+    reply = requests.post(f"{platform.url}/v1/comparisons", json={"prompt": "x"}, headers=headers)
+    assert reply.status_code == status
+    assert message in reply.json()["detail"]
+    assert reply.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_a_key_without_the_scope_is_forbidden(platform):
+    reply = requests.post(f"{platform.url}/v1/comparisons", json={"prompt": "x"}, headers=platform.headers("feedback"))
+    assert reply.status_code == 403
+    assert "lacks the 'generate' scope" in reply.json()["detail"]
+    admin = requests.get(f"{platform.url}/v1/admin/routing", headers=platform.headers("feedback"))
+    assert admin.status_code == 403
+
+
+def test_a_key_over_its_rate_is_told_when_to_come_back(platform):
+    url = f"{platform.url}/v1/generations/does-not-exist"
+    first = requests.get(url, headers=platform.headers("slow"))
+    second = requests.get(url, headers=platform.headers("slow"))
+    assert first.status_code == 404
+    assert second.status_code == 429
+    assert "rate limit of 6 requests per minute" in second.json()["detail"]
+    assert int(second.headers["Retry-After"]) >= 1
+
+
+@pytest.mark.parametrize(
+    "path, body, status, message",
+    [
+        ("/v1/comparisons", {"prompt": "   "}, 400, "prompt is blank"),
+        ("/v1/comparisons", {"prompt": "x" * 1001}, 400, "the maximum is 1000"),
+        ("/v1/generations", {"prompt": "x", "duration_s": 3}, 400, "above the maximum of 2.0 s"),
+        ("/v1/generations", {"prompt": "x", "duration_s": -1}, 422, "greater than 0"),
+        ("/v1/generations", {"prompt": "x", "loudness": 3}, 422, "Extra inputs are not permitted"),
+        ("/v1/ratings", {"clip_id": "0" * 32, "score": 3}, 404, "no clip"),
+        ("/v1/ratings", {"clip_id": "../../etc/passwd", "score": 3}, 422, "should match pattern"),
+        ("/v1/ratings", {"clip_id": "0" * 32, "score": 6}, 422, "less than or equal to 5"),
+        ("/v1/comparisons/nope/preference", {"choice": "a"}, 404, "no comparison"),
+        ("/v1/comparisons/nope/preference", {"choice": "c"}, 422, "'a', 'b', 'tie' or 'none'"),
+    ],
+)
+def test_bad_input_is_a_4xx_with_a_message(platform, path, body, status, message):
+    reply = requests.post(platform.url + path, json=body, headers=platform.headers())
+    assert reply.status_code == status, reply.text
+    assert message in str(reply.json()["detail"])
+
+
+def test_a_clip_of_another_comparison_is_refused(platform):
+    first, second = _comparison(platform), _comparison(platform)
+    body = {"clip_id": second["clips"][0]["id"], "listened_ms": 10}
+    reply = requests.post(
+        f"{platform.url}/v1/comparisons/{first['id']}/playback", json=body, headers=platform.headers()
+    )
+    assert reply.status_code == 400
+    assert "is not part of comparison" in reply.json()["detail"]
+
+
+def test_the_page_opens_a_session_that_needs_the_page_header(platform):
+    session = requests.Session()
+    page = session.get(platform.url + "/")
+    assert page.status_code == 200 and "Which clip do you prefer?" in page.text
+    assert "musicrl_session" in session.cookies
+    cross_site = session.post(f"{platform.url}/v1/comparisons", json={"prompt": "x"})
+    assert cross_site.status_code == 403 and "X-Requested-With" in cross_site.json()["detail"]
+    same_site = session.post(
+        f"{platform.url}/v1/comparisons", json={"prompt": "x"}, headers={"X-Requested-With": "musicrl-page"}
+    )
+    assert same_site.status_code == 201
+    audio = session.get(platform.url + same_site.json()["clips"][0]["audio_url"])  # as an <audio> element would
+    assert audio.status_code == 200 and audio.headers["content-type"] == "audio/wav"
+    forged = requests.Session()
+    forged.cookies.set("musicrl_session", "someone.else")
+    assert forged.get(f"{platform.url}/v1/clips/{'0' * 32}.wav").status_code == 401
+
+
+def test_health_readiness_and_metrics(platform):
+    assert requests.get(f"{platform.url}/healthz").json() == {"status": "ok", "checks": {}}
+    ready = requests.get(f"{platform.url}/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"nats": True, "generator": True}
+    metrics = requests.get(f"{platform.url}/metrics").text
+    assert 'musicrl_gateway_requests_total{route="/readyz",status="200"}' in metrics
+    assert "musicrl_events_published_total" in metrics
+
+
+def test_the_routing_table_sends_comparisons_to_the_canary(platform):
+    url, headers = f"{platform.url}/v1/admin/routing", platform.headers()
+    table = requests.get(url, headers=headers).json()
+    assert table["canary"] is None and table["stable"]["version"] == "v1"
+    canary = {**table["stable"], "version": "v2-canary", "model_uri": "tiny://musicgen?seed=0&canary=1"}
+    updated = requests.put(url, json={**table, "canary": canary, "canary_share": 1.0}, headers=headers)
+    assert updated.status_code == 200
+    try:
+        comparison = _comparison(platform)
+        completed = {e.clip_id: e for e in _events(platform, "musicrl.v1.generation_completed")}
+        versions = {c["slot"]: completed[c["id"]].policy.version for c in comparison["clips"]}
+        assert versions == {"a": "v1", "b": "v2-canary"}
+        (rollout,) = _events(platform, "musicrl.v1.policy_rollout")
+        assert rollout.canary_percent == 100.0 and "admin API" in rollout.reason
+    finally:
+        requests.put(url, json=table, headers=headers)
+    bad = requests.put(url, json={**table, "canary_share": 0.5}, headers=headers)
+    assert bad.status_code == 400 and "needs a canary endpoint" in bad.json()["detail"]
+
+
+def test_a_bus_outage_is_a_503_and_nothing_is_half_accepted(platform):
+    comparison = _comparison(platform)
+    url = f"{platform.url}/v1/comparisons/{comparison['id']}/preference"
+    platform.nats.stop()
+    try:
+        down = requests.post(url, json={"choice": "a"}, headers=platform.headers(**{"Idempotency-Key": "outage"}))
+    finally:
+        platform.nats.start()
+    assert down.status_code == 503
+    assert down.headers["Retry-After"] == "1"
+    for _ in range(50):  # the gateway reconnects within a second or two
+        retry = requests.post(url, json={"choice": "a"}, headers=platform.headers(**{"Idempotency-Key": "outage"}))
+        if retry.status_code == 201:
+            break
+    assert retry.status_code == 201, retry.text
+    stored = [e for e in _events(platform, "musicrl.v1.preference_submitted") if e.comparison_id == comparison["id"]]
+    assert [e.header.event_id for e in stored] == [retry.json()["event_id"]]
