@@ -12,7 +12,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import InvalidKeyError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from musicrl.bus.events import new_header
@@ -121,7 +121,7 @@ class ComparisonService:
         """The stored comparison. Raises NotFound for an unknown id."""
         try:
             entry = await self.kv.get(comparison_id)
-        except (KeyNotFoundError, ValueError) as e:
+        except (KeyNotFoundError, InvalidKeyError, ValueError) as e:
             raise NotFound(f"no comparison {comparison_id!r}") from e
         data = json.loads(entry.value or b"{}")
         data["clip_ids"] = tuple(data["clip_ids"])

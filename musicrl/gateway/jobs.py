@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import InvalidKeyError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from musicrl.config import SamplingParams
@@ -127,7 +127,7 @@ class JobRunner:
         """The job as stored. Raises NotFound for an unknown id."""
         try:
             entry = await self.kv.get(job_id)
-        except (KeyNotFoundError, ValueError) as e:
+        except (KeyNotFoundError, InvalidKeyError, ValueError) as e:
             raise NotFound(f"no generation job {job_id!r}") from e
         return Job.from_wire(entry.value or b"{}")
 

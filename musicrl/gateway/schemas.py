@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 CLIP_ID_PATTERN = r"^[0-9a-f]{32}$"
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 LISTENER_ID = Field(
     default=None,
     max_length=128,

@@ -161,7 +161,7 @@ def test_a_key_without_the_scope_is_forbidden(platform):
 
 
 def test_a_key_over_its_rate_is_told_when_to_come_back(platform):
-    url = f"{platform.url}/v1/generations/does-not-exist"
+    url = f"{platform.url}/v1/generations/00000000-0000-4000-8000-000000000000"
     first = requests.get(url, headers=platform.headers("slow"))
     second = requests.get(url, headers=platform.headers("slow"))
     assert first.status_code == 404
@@ -181,8 +181,13 @@ def test_a_key_over_its_rate_is_told_when_to_come_back(platform):
         ("/v1/ratings", {"clip_id": "0" * 32, "score": 3}, 404, "no clip"),
         ("/v1/ratings", {"clip_id": "../../etc/passwd", "score": 3}, 422, "should match pattern"),
         ("/v1/ratings", {"clip_id": "0" * 32, "score": 6}, 422, "less than or equal to 5"),
-        ("/v1/comparisons/nope/preference", {"choice": "a"}, 404, "no comparison"),
-        ("/v1/comparisons/nope/preference", {"choice": "c"}, 422, "'a', 'b', 'tie' or 'none'"),
+        ("/v1/comparisons/00000000-0000-4000-8000-000000000000/preference", {"choice": "a"}, 404, "no comparison"),
+        (
+            "/v1/comparisons/00000000-0000-4000-8000-000000000000/preference",
+            {"choice": "c"},
+            422,
+            "'a', 'b', 'tie' or 'none'",
+        ),
     ],
 )
 def test_bad_input_is_a_4xx_with_a_message(platform, path, body, status, message):

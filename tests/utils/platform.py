@@ -17,6 +17,7 @@ KEYS = {
     "full": (list(Scope), 100_000),
     "feedback": ([Scope.FEEDBACK], 100_000),
     "slow": ([Scope.GENERATE, Scope.FEEDBACK], 6),  # bucket of one request: the second one is a 429
+    "fuzz": ([Scope.GENERATE, Scope.FEEDBACK, Scope.RATE], 100_000),  # no admin: fuzzing must not reroute
 }
 SECRET = "test-secret-of-at-least-thirty-two-characters"
 

@@ -10,6 +10,7 @@ from musicrl.gateway.comparisons import ServedComparison
 from musicrl.gateway.deps import FeedbackCaller, GenerateCaller, IdempotencyDep, StateDep, user_id
 from musicrl.gateway.routes import AUTHENTICATED, errors
 from musicrl.gateway.schemas import (
+    UUID_PATTERN,
     ComparisonClipPublic,
     ComparisonCreate,
     ComparisonPublic,
@@ -20,7 +21,7 @@ from musicrl.gateway.schemas import (
 
 
 router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"])
-ComparisonId = Annotated[str, Path(max_length=64, description="Comparison id.")]
+ComparisonId = Annotated[str, Path(pattern=UUID_PATTERN, description="Comparison id.")]
 FEEDBACK_LEASE_S = 0.0  # feedback only publishes events with derived ids: a concurrent retry is harmless
 
 

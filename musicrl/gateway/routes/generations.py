@@ -9,7 +9,7 @@ from musicrl.errors import InvalidRequest
 from musicrl.gateway.deps import GenerateCaller, IdempotencyDep, StateDep
 from musicrl.gateway.jobs import Job, JobStatus
 from musicrl.gateway.routes import AUTHENTICATED, errors
-from musicrl.gateway.schemas import ClipPublic, GenerationCreate, GenerationPublic
+from musicrl.gateway.schemas import UUID_PATTERN, ClipPublic, GenerationCreate, GenerationPublic
 
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
@@ -56,7 +56,7 @@ async def create_generation(
 
 @router.get("/{generation_id}", responses=errors(*AUTHENTICATED, 404), summary="A generation job and its clips")
 async def read_generation(
-    generation_id: Annotated[str, Path(max_length=64)],
+    generation_id: Annotated[str, Path(pattern=UUID_PATTERN, description="Generation job id.")],
     state: StateDep,
     caller: GenerateCaller,
     wait: Annotated[bool, Query(description="Block until the job is done or failed (bounded by the server).")] = False,
