@@ -7,9 +7,15 @@ STAMP := $(VENV)/.setup-stamp
 TORCH_VERSION := 2.13.0
 RUN_MODEL ?= tiny://musicgen?seed=0
 
-.PHONY: setup run test test-fast lint format proto bench lock clean
+.PHONY: setup system-deps run test test-fast lint format proto bench lock clean
 
-setup: $(STAMP)
+setup: system-deps $(STAMP)
+
+# The listening page is tested in Debian's Chromium (Playwright cannot download a browser here).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium; }
 
 # torch first: the CPU wheel is found by version; an unpinned torch would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml constraints.txt
