@@ -25,7 +25,7 @@ function say(text, isError = false) {
 function trackPlayback(card, clip) {
   const audio = card.querySelector("audio");
   const label = card.querySelector(".listened");
-  const state = { listenedMs: 0, completed: false, lastTime: null, reported: -1 };
+  const state = { listenedMs: 0, completed: false, lastTime: null, reported: "" };
   audio.src = clip.audio_url;
   audio.onplay = () => { state.lastTime = audio.currentTime; };
   audio.ontimeupdate = () => {
@@ -40,8 +40,9 @@ function trackPlayback(card, clip) {
   audio.onseeked = () => { state.lastTime = audio.paused ? null : audio.currentTime; };
   const report = async () => {
     const listened = Math.round(state.listenedMs);
-    if (listened === state.reported) return;
-    state.reported = listened;
+    const snapshot = `${listened}/${state.completed}`;  // 'pause' fires just before 'ended': report both
+    if (snapshot === state.reported) return;
+    state.reported = snapshot;
     try {
       await post(`/v1/comparisons/${comparison.id}/playback`,
                  { clip_id: clip.id, listened_ms: listened, completed: state.completed });
