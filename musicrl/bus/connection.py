@@ -44,7 +44,8 @@ async def connect(config: BusConfig, name: str) -> tuple[NATS, JetStreamContext]
     """
 
     async def log_disconnect() -> None:
-        logger.warning("disconnected from NATS at %s", config.nats_url)
+        if not (client.is_closed or client.is_draining):  # a shutdown of ours is not news
+            logger.warning("disconnected from NATS at %s", config.nats_url)
 
     async def log_reconnect() -> None:
         logger.info("reconnected to NATS")
@@ -52,11 +53,12 @@ async def connect(config: BusConfig, name: str) -> tuple[NATS, JetStreamContext]
     async def log_error(error: Exception) -> None:
         logger.warning("NATS: %s", error)
 
-    client = await nats.connect(
+    client = NATS()
+    await client.connect(
         servers=config.nats_url.split(","),
         name=name,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=RECONNECT_WAIT_S,
+        reconnect_time_wait=RECONNECT_WAIT_S,  # type: ignore[arg-type]  # annotated int, used as seconds
         disconnected_cb=log_disconnect,
         reconnected_cb=log_reconnect,
         error_cb=log_error,

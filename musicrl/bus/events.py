@@ -53,4 +53,8 @@ def decode_event(subject: str, data: bytes) -> Message:
         raise InvalidEvent(f"{kind} event has no valid UUID event_id ({header.event_id!r})") from e
     if not header.HasField("occurred_at"):
         raise InvalidEvent(f"{kind} event {header.event_id} has no occurred_at")
+    try:
+        header.occurred_at.ToDatetime()
+    except (ValueError, OverflowError) as e:  # out of datetime's range: it could not be partitioned by date
+        raise InvalidEvent(f"{kind} event {header.event_id} has an out-of-range occurred_at: {e}") from e
     return event

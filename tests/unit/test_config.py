@@ -10,6 +10,7 @@ import pytest
 import musicrl.config
 from musicrl.config import (
     BatchingConfig,
+    BusConfig,
     EngineConfig,
     GenerationLimits,
     GeneratorServiceConfig,
@@ -65,6 +66,17 @@ INVALID: list[tuple[type, dict[str, Any], str]] = [
         ),
         r"the default duration_s \(20\) exceeds max_duration_s \(10\); lower one or raise the other",
     ),
+    # BusConfig
+    (BusConfig, dict(nats_url=""), r"nats_url is required"),
+    (BusConfig, dict(nats_url="nats://x", replicas=2), r"replicas must be 1, 3 or 5"),
+    (BusConfig, dict(nats_url="nats://x", publish_timeout_s=0), r"publish_timeout_s must be positive"),
+    (BusConfig, dict(nats_url="nats://x", publish_timeout_s=40), r"at most publish_deadline_s"),
+    (
+        BusConfig,
+        dict(nats_url="nats://x", publish_deadline_s=400),
+        r"publish_deadline_s \(400\) must be at most half of duplicate_window_s \(600.0\)",
+    ),
+    (BusConfig, dict(nats_url="nats://x", max_age_s=-1), r"max_age_s must be >= 0"),
 ]
 
 
