@@ -1,1 +1,1 @@
-"""Data at rest: the clip store and, later, the event dataset and its snapshots."""
+"""Data at rest: the clip store, the recorded event dataset and its training snapshots."""
