@@ -1,0 +1,1 @@
+"""The recorder service: the event stream into the Parquet dataset."""
