@@ -2,6 +2,8 @@
 
     musicrl generate "PROMPT" --model URI --duration S --seed N -o out.wav
     musicrl serve generator --model URI
+    musicrl serve recorder --nats-url URL --dataset URL
+    musicrl dataset snapshot --dataset URL --out URL
 
 Flags are derived from the config dataclasses (``musicrl.settings``); errors the user can fix end the
 process with a sentence on stderr and the exit code of their class (``musicrl.errors``).
@@ -16,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from musicrl.config import EngineConfig, GeneratorServiceConfig, SamplingParams
+from musicrl.data.snapshot_config import SnapshotConfig
 from musicrl.entrypoint import run_main
+from musicrl.recorder.config import RecorderConfig
 from musicrl.settings import add_config_flags, config_from
 
 
@@ -52,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     generator = servers.add_parser("generator", help="the policy over the V2 inference protocol")
     add_config_flags(generator, GeneratorServiceConfig)
     generator.set_defaults(command=_serve_generator)
+    recorder = servers.add_parser("recorder", help="record the event stream into the Parquet dataset")
+    add_config_flags(recorder, RecorderConfig)
+    recorder.set_defaults(command=_serve_recorder)
+
+    dataset = commands.add_parser("dataset", help="work with the recorded event dataset")
+    dataset_commands = dataset.add_subparsers(required=True, metavar="ACTION")
+    snapshot = dataset_commands.add_parser("snapshot", help="write a content-addressed training snapshot")
+    snapshot.add_argument("--dataset", dest="dataset_url", required=True, help="dataset URL (path, s3://, ...)")
+    snapshot.add_argument("--out", dest="out_url", required=True, help="URL under which snapshot folders go")
+    add_config_flags(snapshot, SnapshotConfig)
+    snapshot.set_defaults(command=_dataset_snapshot)
     return parser
 
 
@@ -84,6 +99,21 @@ def _serve_generator(args: argparse.Namespace) -> None:
 
     config = config_from(GeneratorServiceConfig, args=args)
     serve([GeneratorModel(config)], config.server)
+
+
+def _serve_recorder(args: argparse.Namespace) -> None:
+    from musicrl.recorder.recorder import run_recorder
+
+    run_recorder(config_from(RecorderConfig, args=args))
+
+
+def _dataset_snapshot(args: argparse.Namespace) -> None:
+    from musicrl.data.snapshot import create_snapshot
+
+    result = create_snapshot(args.dataset_url, args.out_url, config_from(SnapshotConfig, args=args))
+    logger.info("snapshot %s (%s)", result.uri, "written" if result.created else "already there")
+    logger.info("preferences: %s", result.preferences)
+    logger.info("ratings: %s", result.ratings)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,248 @@
+"""Tests of snapshots: the joins and filters, the prompt split, content addressing, the manifest and the CLI."""
+
+import json
+import logging
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from musicrl.cli import main
+from musicrl.data.snapshot import PREFERENCES_SCHEMA, RATINGS_SCHEMA, create_snapshot, split_of
+from musicrl.data.snapshot_config import SnapshotConfig
+from musicrl.errors import InvalidRequest
+from musicrl.v1 import events_pb2
+from tests.utils import events
+
+
+A, B, TIE, NONE = events_pb2.CHOICE_A, events_pb2.CHOICE_B, events_pb2.CHOICE_TIE, events_pb2.CHOICE_NONE
+FILES = ["preferences_train", "preferences_eval", "ratings_train", "ratings_eval"]
+
+
+def _feedback_events() -> list:
+    """One case per rule; the comment says what each comparison is for."""
+    c1 = events.listened_pair("c1", "lofi piano with rain", A)  # kept, label 1
+    c2 = events.listened_pair("c2", "fast techno", B)  # kept, label 0
+    c3 = events.listened_pair("c3", "sad violin", A)
+    del c3[4]  # the playback of clip B: only A was listened to
+    c4 = events.listened_pair("c4", "jazz trio", A, minutes=3)  # the user changed their mind: B at minute 10
+    c4.append(events.preference("c4", B, minutes=10))
+    c5 = events.listened_pair("c5", "drum solo", A)  # u1 listened, but u2 answered
+    c5[-1] = events.preference("c5", A, user="u2")
+    c6 = events.listened_pair("c6", "choir", TIE)
+    c7 = events.listened_pair("c7", "noise", NONE)
+    c8 = [events.preference("c-missing", A)]  # no comparison_served
+    c9 = events.listened_pair("c9", "harp", A)
+    del c9[1]  # the generation of clip B: an unknown clip
+    c11 = events.listened_pair("c11", "banjo", events_pb2.CHOICE_UNSPECIFIED)
+    ratings = [
+        events.rating("c1-a", 4),  # kept
+        events.rating("c2-b", 2, rater="r2"),  # kept
+        events.rating("nowhere", 3),  # unknown clip
+        events.rating("c1-b", 0),  # unset score
+    ]
+    everything = c1 + c2 + c3 + c4 + c5 + c6 + c7 + c8 + c9 + c11 + ratings
+    return everything + c1 + [ratings[0]]  # c1 and the first rating recorded twice (a re-delivered batch)
+
+
+EXPECTED_PREFERENCES = {
+    "read": 12,
+    "duplicates_dropped": 1,
+    "superseded": 1,
+    "unknown_comparison": 1,
+    "unknown_clip": 1,
+    "invalid_choice": 1,
+    "not_listened": 2,
+    "ties_dropped": 1,
+    "none_dropped": 1,
+}
+KEPT_PROMPTS = ["lofi piano with rain", "fast techno", "jazz trio"]  # c1, c2, c4
+
+
+@pytest.fixture
+def feedback_events() -> list:
+    return _feedback_events()
+
+
+@pytest.fixture
+def dataset(tmp_path: Path, feedback_events: list) -> Path:
+    root = tmp_path / "events"
+    events.write_dataset(root, feedback_events)
+    return root
+
+
+def _rows(uri: str, *names: str) -> list[dict]:
+    return [row for name in names for row in pq.read_table(f"{uri}/{name}.parquet").to_pylist()]
+
+
+def _preferences(uri: str) -> dict[str, dict]:
+    return {row["comparison_id"]: row for row in _rows(uri, "preferences_train", "preferences_eval")}
+
+
+def test_joins_and_filters_keep_only_listened_answers(dataset, tmp_path):
+    result = create_snapshot(str(dataset), str(tmp_path / "out"), SnapshotConfig())
+    rows = _preferences(result.uri)
+    assert sorted(rows) == ["c1", "c2", "c4"]
+    assert len(_rows(result.uri, "preferences_train", "preferences_eval")) == 3  # c1 recorded twice, kept once
+    c1 = rows["c1"]
+    assert (c1["choice"], c1["label"], c1["user_id"], c1["prompt"]) == ("a", 1.0, "u1", "lofi piano with rain")
+    assert (c1["clip_a_id"], c1["clip_b_id"]) == ("c1-a", "c1-b")  # the comparison's A/B, not display order
+    assert c1["clip_a_audio_uri"] == "s3://musicrl/clips/c1-a.wav"
+    assert c1["clip_b_codes_uri"] == "s3://musicrl/clips/c1-b.codes.npy"
+    assert (c1["clip_a_policy_model_uri"], c1["clip_a_policy_version"]) == ("s3://p/v1", "v1")
+    assert (c1["clip_b_policy_model_uri"], c1["clip_b_policy_version"]) == ("s3://p/v2", "v2")
+    assert (c1["a_listened_ms"], c1["b_listened_ms"]) == (10_000, 4_000)
+    assert c1["occurred_at"] == events.at(3)
+    assert c1["split"] == split_of("lofi piano with rain", SnapshotConfig())
+    assert rows["c2"]["label"] == 0.0
+    assert (rows["c4"]["choice"], rows["c4"]["occurred_at"]) == ("b", events.at(10))  # the latest answer wins
+    assert pq.read_schema(f"{result.uri}/preferences_train.parquet").names == PREFERENCES_SCHEMA.names
+    assert pq.read_schema(f"{result.uri}/ratings_eval.parquet").names == RATINGS_SCHEMA.names
+
+
+def test_manifest_counts_are_exact(dataset, tmp_path):
+    result = create_snapshot(str(dataset), str(tmp_path / "out"), SnapshotConfig())
+    manifest = json.loads(Path(result.uri, "manifest.json").read_text())
+    n_eval = sum(split_of(p, SnapshotConfig()) == "eval" for p in KEPT_PROMPTS)
+    expected = {**EXPECTED_PREFERENCES, "kept_train": 3 - n_eval, "kept_eval": n_eval}
+    assert manifest["counts"]["preferences"] == expected
+    assert sum(v for k, v in expected.items() if k != "read") == expected["read"]  # every row accounted for once
+    ratings = manifest["counts"]["ratings"]
+    assert {k: v for k, v in ratings.items() if not k.startswith("kept")} == {
+        "read": 5,
+        "duplicates_dropped": 1,
+        "unknown_clip": 1,
+        "invalid_score": 1,
+    }
+    assert ratings["kept_train"] + ratings["kept_eval"] == 2
+    assert manifest["hash"] == result.digest and manifest["uri"] == result.uri
+    assert manifest["config"]["ties"] == "drop" and manifest["source_dataset_url"] == str(dataset)
+    assert sorted(manifest["files"]) == sorted(f"{f}.parquet" for f in FILES)
+    rated = {r["clip_id"]: r for r in _rows(result.uri, "ratings_train", "ratings_eval")}
+    assert sorted(rated) == ["c1-a", "c2-b"]
+    assert (rated["c1-a"]["score"], rated["c1-a"]["prompt"]) == (4, "lofi piano with rain")
+    assert rated["c2-b"]["policy_version"] == "v2" and rated["c2-b"]["audio_uri"] == "s3://musicrl/clips/c2-b.wav"
+
+
+def test_listening_rule_can_be_relaxed_or_tightened(dataset, tmp_path):
+    relaxed = create_snapshot(str(dataset), str(tmp_path / "out"), SnapshotConfig(require_listened=False))
+    rows = _preferences(relaxed.uri)
+    assert sorted(rows) == ["c1", "c2", "c3", "c4", "c5"]
+    assert rows["c3"]["b_listened_ms"] == 0  # never played
+    assert rows["c5"]["a_listened_ms"] == 0  # u1's playbacks do not count for u2
+    assert relaxed.preferences.not_listened == 0
+    # clip B of every pair was played 4 s without reaching the end: a 5 s minimum drops them all (c1-c7;
+    # the listening rule comes before the tie and none rules)
+    strict = create_snapshot(str(dataset), str(tmp_path / "out"), SnapshotConfig(min_listened_ms=5_000))
+    assert _preferences(strict.uri) == {}
+    assert strict.preferences.not_listened == 7
+
+
+def test_ties_and_none_are_kept_on_request(dataset, tmp_path):
+    result = create_snapshot(str(dataset), str(tmp_path / "out"), SnapshotConfig(ties="keep", none="keep"))
+    rows = _preferences(result.uri)
+    assert rows["c6"]["choice"] == "tie" and rows["c6"]["label"] == 0.5
+    assert rows["c7"]["choice"] == "none" and rows["c7"]["label"] is None
+    assert (result.preferences.ties_dropped, result.preferences.none_dropped) == (0, 0)
+
+
+def test_same_content_gives_the_same_folder_and_other_settings_another(dataset, feedback_events, tmp_path):
+    out = tmp_path / "out"
+    first = create_snapshot(str(dataset), str(out), SnapshotConfig())
+    written = {f: Path(first.uri, f"{f}.parquet").stat().st_mtime_ns for f in FILES}
+    again = create_snapshot(str(dataset), str(out), SnapshotConfig())
+    assert (again.uri, again.digest, again.created) == (first.uri, first.digest, False)
+    assert {f: Path(first.uri, f"{f}.parquet").stat().st_mtime_ns for f in FILES} == written  # nothing rewritten
+    # the same events laid out in other files, in another order, give the same snapshot
+    relaid = tmp_path / "relaid"
+    events.write_dataset(relaid, list(reversed(feedback_events)), files_per_kind=3)
+    assert create_snapshot(str(relaid), str(out), SnapshotConfig()).digest == first.digest
+    other = create_snapshot(str(dataset), str(out), SnapshotConfig(split_salt="another"))
+    assert other.uri != first.uri
+    assert len(list(out.iterdir())) == 2
+    assert Path(first.uri).name == first.digest[:16]
+
+
+def test_split_is_stable_by_prompt_and_near_the_fraction():
+    config = SnapshotConfig(eval_fraction=0.2)
+    prompts = [f"prompt number {i}" for i in range(4000)]
+    splits = [split_of(p, config) for p in prompts]
+    assert splits == [split_of(p, config) for p in prompts]
+    assert 0.17 < splits.count("eval") / len(prompts) < 0.23
+    assert {split_of(p, SnapshotConfig(eval_fraction=0.0)) for p in prompts[:100]} == {"train"}
+    assert {split_of(p, SnapshotConfig(eval_fraction=1.0)) for p in prompts[:100]} == {"eval"}
+    assert [split_of(p, SnapshotConfig(eval_fraction=0.2, split_salt="x")) for p in prompts] != splits
+
+
+def test_no_prompt_lands_on_both_sides(tmp_path):
+    pairs = []
+    for i in range(120):
+        pairs += events.listened_pair(f"cmp-{i}", f"prompt {i % 40}", A)  # every prompt in three comparisons
+    events.write_dataset(tmp_path / "events", pairs)
+    result = create_snapshot(str(tmp_path / "events"), str(tmp_path / "out"), SnapshotConfig(eval_fraction=0.3))
+    train = {r["prompt"] for r in _rows(result.uri, "preferences_train")}
+    evaluation = {r["prompt"] for r in _rows(result.uri, "preferences_eval")}
+    assert train and evaluation and not train & evaluation
+    assert len(train | evaluation) == 40
+    ids = [r["preference_event_id"] for r in _rows(result.uri, "preferences_train")]
+    assert ids == sorted(ids)  # deterministic order
+
+
+def test_an_empty_dataset_is_refused(tmp_path):
+    with pytest.raises(InvalidRequest, match="no preferences in"):
+        create_snapshot(str(tmp_path / "nothing"), str(tmp_path / "out"), SnapshotConfig())
+
+
+def test_config_is_checked():
+    with pytest.raises(InvalidRequest, match="ties must be 'drop' or 'keep'"):
+        SnapshotConfig(ties="maybe")
+    with pytest.raises(InvalidRequest, match="eval_fraction must be between 0 and 1"):
+        SnapshotConfig(eval_fraction=1.5)
+
+
+@pytest.fixture
+def _no_musicrl_env(monkeypatch):
+    import os
+
+    for name in [n for n in os.environ if n.startswith("MUSICRL_") and n != "MUSICRL_CACHE_DIR"]:
+        monkeypatch.delenv(name)
+
+
+def _run_cli(argv: list[str]) -> int:
+    try:
+        main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+@pytest.mark.usefixtures("_no_musicrl_env")
+def test_cli_exits_2_with_a_sentence_on_an_empty_dataset(tmp_path, caplog):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with caplog.at_level(logging.ERROR):
+        status = _run_cli(["dataset", "snapshot", "--dataset", str(empty), "--out", str(tmp_path / "out")])
+    assert status == 2
+    assert f"no preferences in {empty}" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.usefixtures("_no_musicrl_env")
+def test_cli_flags_reach_the_snapshot(dataset, tmp_path, caplog, capsys):
+    argv = ["dataset", "snapshot", "--dataset", str(dataset), "--out", str(tmp_path / "out")]
+    with caplog.at_level(logging.INFO):
+        status = _run_cli(argv + ["--require-listened", "false", "--ties", "keep", "--min-listened-ms", "10"])
+    assert status == 0
+    (folder,) = (tmp_path / "out").iterdir()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["config"] == {
+        "require_listened": False,
+        "min_listened_ms": 10,
+        "ties": "keep",
+        "none": "drop",
+        "eval_fraction": 0.1,
+        "split_salt": "musicrl",
+    }
+    assert str(folder) in caplog.text
+    assert capsys.readouterr().out == ""
+    assert _run_cli(argv + ["--ties", "sometimes"]) == 2
