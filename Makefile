@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
+# nats-server, the generator, the recorder and the gateway on loopback; the page at http://127.0.0.1:8000/
 run: setup
-	$(PY) -m musicrl serve generator --model '$(RUN_MODEL)'
+	$(PY) -m musicrl up --model '$(RUN_MODEL)'
 
 # lint is part of test, so CI (which runs `make test`) enforces it
 test: setup lint

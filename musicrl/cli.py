@@ -3,15 +3,20 @@
     musicrl generate "PROMPT" --model URI --duration S --seed N -o out.wav
     musicrl serve generator --model URI
     musicrl serve recorder --nats-url URL --dataset URL
+    musicrl serve gateway --generator-url HOST:PORT --nats-url URL --clip-store-url URL --secret-key S
     musicrl dataset snapshot --dataset URL --out URL
+    musicrl apikey new --id NAME --scopes generate,feedback
+    musicrl up                      # the whole platform on this machine (make run)
 
 Flags are derived from the config dataclasses (``musicrl.settings``); errors the user can fix end the
 process with a sentence on stderr and the exit code of their class (``musicrl.errors``).
 """
 
 import argparse
+import json
 import logging
 import secrets
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,6 +25,10 @@ import numpy as np
 from musicrl.config import EngineConfig, GeneratorServiceConfig, SamplingParams
 from musicrl.data.snapshot_config import SnapshotConfig
 from musicrl.entrypoint import run_main
+from musicrl.errors import InvalidRequest
+from musicrl.gateway.auth import Scope, new_api_key
+from musicrl.gateway.config import GatewayConfig
+from musicrl.local import LocalPlatformConfig, run_local_platform
 from musicrl.recorder.config import RecorderConfig
 from musicrl.settings import add_config_flags, config_from
 
@@ -59,6 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     recorder = servers.add_parser("recorder", help="record the event stream into the Parquet dataset")
     add_config_flags(recorder, RecorderConfig)
     recorder.set_defaults(command=_serve_recorder)
+    gateway = servers.add_parser("gateway", help="the REST API and the listening page")
+    add_config_flags(gateway, GatewayConfig)
+    gateway.set_defaults(command=_serve_gateway)
+
+    up = commands.add_parser("up", help="run the whole platform locally (nats, generator, recorder, gateway)")
+    add_config_flags(up, LocalPlatformConfig)
+    up.set_defaults(command=lambda args: run_local_platform(config_from(LocalPlatformConfig, args=args)))
+
+    apikey = commands.add_parser("apikey", help="manage API keys")
+    apikey_commands = apikey.add_subparsers(required=True, metavar="ACTION")
+    new_key = apikey_commands.add_parser("new", help="mint a key: prints the key once and its keys-file entry")
+    new_key.add_argument("--id", dest="key_id", required=True, help="public name of the key")
+    new_key.add_argument("--scopes", required=True, help=f"comma-separated, from {[s.value for s in Scope]}")
+    new_key.add_argument("--requests-per-minute", type=int, default=600, help="rate limit (default: 600)")
+    new_key.set_defaults(command=_new_api_key)
 
     dataset = commands.add_parser("dataset", help="work with the recorded event dataset")
     dataset_commands = dataset.add_subparsers(required=True, metavar="ACTION")
@@ -105,6 +129,27 @@ def _serve_recorder(args: argparse.Namespace) -> None:
     from musicrl.recorder.recorder import run_recorder
 
     run_recorder(config_from(RecorderConfig, args=args))
+
+
+def _serve_gateway(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from musicrl.gateway.app import create_app
+
+    config = config_from(GatewayConfig, args=args)
+    uvicorn.run(create_app(config), host=config.host, port=config.port, log_config=None, timeout_graceful_shutdown=30)
+
+
+def _new_api_key(args: argparse.Namespace) -> None:
+    try:
+        scopes = [Scope(s.strip()) for s in args.scopes.split(",") if s.strip()]
+    except ValueError as e:
+        raise InvalidRequest(f"{e}; scopes are {[s.value for s in Scope]}") from e
+    if not scopes or args.requests_per_minute < 1:
+        raise InvalidRequest("give at least one scope and a positive --requests-per-minute")
+    token, key = new_api_key(args.key_id, scopes, args.requests_per_minute)
+    # stdout, not the log: this is the command's output, meant for a secret store and the keys file
+    sys.stdout.write(json.dumps({"key": token, "entry": key.to_wire()}, indent=2) + "\n")
 
 
 def _dataset_snapshot(args: argparse.Namespace) -> None:

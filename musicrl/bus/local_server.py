@@ -59,7 +59,8 @@ class LocalNatsServer:
             str(self.store_dir),
         ]
         output = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        # own session: a Ctrl-C meant for the caller must not stop the bus before the services that use it
+        self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

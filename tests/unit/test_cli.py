@@ -1,5 +1,6 @@
 """Tests of the ``musicrl`` command line, run in-process: outputs, reproducibility and exit codes."""
 
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -11,6 +12,7 @@ import pytest
 import soundfile
 
 from musicrl.cli import main
+from musicrl.gateway.auth import ApiKey
 from tests.utils.tiny_models import TINY_MUSICGEN_URI
 
 
@@ -153,3 +155,25 @@ def test_missing_model_flag_is_a_usage_error(tmp_path: Path, capsys: pytest.Capt
 
     assert status == 2
     assert "the following arguments are required: --model" in capsys.readouterr().err
+
+
+def test_apikey_new_prints_a_key_whose_hash_is_its_entry(capsys):
+    from musicrl.gateway.auth import KeyRing, hash_key
+
+    main(["apikey", "new", "--id", "partner", "--scopes", "generate,feedback", "--requests-per-minute", "60"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["entry"] == {
+        "id": "partner",
+        "sha256": hash_key(printed["key"]),
+        "scopes": ["feedback", "generate"],
+        "requests_per_minute": 60,
+    }
+    caller = KeyRing([ApiKey.from_wire(printed["entry"])]).authenticate(f"Bearer {printed['key']}")
+    assert caller.key_id == "partner"
+
+
+def test_apikey_new_refuses_an_unknown_scope(caplog):
+    with pytest.raises(SystemExit) as exited:
+        main(["apikey", "new", "--id", "x", "--scopes", "generate,root"])
+    assert exited.value.code == 2
+    assert "'root' is not a valid Scope" in caplog.text
