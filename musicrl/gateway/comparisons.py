@@ -6,6 +6,7 @@ The comparison is kept in the ``comparisons`` KV bucket so that feedback can be 
 """
 
 import asyncio
+import collections
 import dataclasses
 import json
 import random
@@ -27,6 +28,7 @@ from musicrl.v1 import events_pb2
 
 
 SLOTS = ("a", "b")
+CACHED_COMPARISONS = 10_000  # ~2 MB: the comparisons currently being listened to
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,7 @@ class ComparisonService:
         self.generator = generator
         self.clips = clips
         self.publisher = publisher
+        self._cache: collections.OrderedDict[str, StoredComparison] = collections.OrderedDict()
 
     async def serve(self, prompt: str, params: SamplingParams, user_id: str, idem: Idempotency) -> ServedComparison:
         """Generate both clips, store them, record the comparison and publish its events."""
@@ -114,18 +117,32 @@ class ComparisonService:
             idem.new_id("comparison"), prompt, (clips[0].clip_id, clips[1].clip_id), rng.random() < 0.5, user_id
         )
         await self.kv.put(stored.id, json.dumps(dataclasses.asdict(stored)).encode())
+        self._remember(stored)
         await self.publisher.publish(_served_event(stored, clips, idem.new_id("event/comparison")))
         return ServedComparison(stored, (clips[0], clips[1]))
 
     async def get(self, comparison_id: str) -> StoredComparison:
-        """The stored comparison. Raises NotFound for an unknown id."""
+        """The stored comparison. Raises NotFound for an unknown id.
+
+        A comparison never changes once stored, so recent ones are kept in memory: every playback and
+        preference looks its comparison up, and a KV round trip per feedback request is the hot path.
+        """
+        if (cached := self._cache.get(comparison_id)) is not None:
+            self._cache.move_to_end(comparison_id)
+            return cached
         try:
             entry = await self.kv.get(comparison_id)
         except (KeyNotFoundError, InvalidKeyError, ValueError) as e:
             raise NotFound(f"no comparison {comparison_id!r}") from e
         data = json.loads(entry.value or b"{}")
         data["clip_ids"] = tuple(data["clip_ids"])
-        return StoredComparison(**data)
+        return self._remember(StoredComparison(**data))
+
+    def _remember(self, comparison: StoredComparison) -> StoredComparison:
+        self._cache[comparison.id] = comparison
+        if len(self._cache) > CACHED_COMPARISONS:
+            self._cache.popitem(last=False)  # least recently used
+        return comparison
 
     async def _generate(
         self,
