@@ -36,7 +36,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
     """Collect rows from concurrent callers and run them through ``run_batch`` in batches.
 
     Args:
-        run_batch: Blocking function from a list of rows to one result per row, in order.
+        run_batch: Blocking function from a list of rows to one result per row, in order; a row's result
+            may be an exception, which is raised to that row's caller only.
         config: Batch size and queue delay limits.
         model_name: Label for the batch metrics.
         executor: Where ``run_batch`` runs; one thread, since the engine is not re-entrant and a batch
@@ -131,5 +132,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         finally:
             metrics.BATCH_LATENCY.labels(**labels).observe(time.monotonic() - started)
         for p, result in zip(batch, results, strict=True):
-            if not p.future.done():
+            if p.future.done():
+                continue
+            if isinstance(result, BaseException):  # this row alone failed; its batch-mates did not
+                p.future.set_exception(result)
+            else:
                 p.future.set_result(result)
