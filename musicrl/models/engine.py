@@ -23,6 +23,7 @@ from transformers import EncoderDecoderCache, MusicgenForConditionalGeneration
 
 from musicrl.config import EngineConfig, SamplingParams
 from musicrl.errors import InvalidRequest
+from musicrl.models.delay import in_window, undelay
 from musicrl.models.loading import MusicgenBundle, load_musicgen
 from musicrl.models.sampling import classifier_free_guidance, draw_uniforms, sample_tokens
 
@@ -227,7 +228,7 @@ class GenerationEngine:
                 cache.batch_select_indices(self._kept_decoder_rows(rows, finished))
                 rows = self._rows(batch, rows.active[~finished])
         grid = batch.tokens.cpu()
-        return [self._undelay(grid[b], int(batch.frames[b])) for b in range(len(requests))]
+        return [undelay(grid[b], int(batch.frames[b])) for b in range(len(requests))]
 
     @torch.inference_mode()
     def decode_audio(self, codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -341,12 +342,6 @@ class GenerationEngine:
 
     def _write_delayed(self, batch: _Batch, rows: _Rows, position: int, tokens: torch.Tensor) -> None:
         """Store sampled tokens at ``position``, keeping the start token outside each codebook's window."""
-        codebook = torch.arange(self.num_codebooks, device=tokens.device)  # [K]
-        frames = rows.frames[:, None]  # [A, 1]
-        in_window = (position >= codebook + 1) & (position <= codebook + frames)  # [A, K]
+        real = in_window(position, rows.frames, self.num_codebooks)  # [A, K]
         start = torch.full_like(tokens, self.start_token_id)
-        batch.tokens[rows.active, :, position] = torch.where(in_window, tokens, start)
-
-    def _undelay(self, tokens: torch.Tensor, frames: int) -> torch.Tensor:
-        """Codes int64 [K, T] from a delayed grid [K, L]: codebook k's frame f sits at position f + k + 1."""
-        return torch.stack([tokens[k, k + 1 : k + 1 + frames] for k in range(self.num_codebooks)])
+        batch.tokens[rows.active, :, position] = torch.where(real, tokens, start)
