@@ -23,6 +23,7 @@ from transformers import EncoderDecoderCache, MusicgenForConditionalGeneration
 
 from musicrl.config import EngineConfig, SamplingParams
 from musicrl.errors import InvalidRequest
+from musicrl.models.conditioning import encode_prompts
 from musicrl.models.delay import in_window, undelay
 from musicrl.models.loading import MusicgenBundle, load_musicgen
 from musicrl.models.sampling import classifier_free_guidance, draw_uniforms, sample_tokens
@@ -279,19 +280,7 @@ class GenerationEngine:
 
     def _encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """T5 states projected to the decoder width and zeroed at padding: [B, S, D], mask int64 [B, S]."""
-        encoded = self.bundle.tokenizer(
-            prompts,
-            padding=True,
-            truncation=True,
-            max_length=self.config.max_prompt_tokens,
-            return_tensors="pt",
-        )
-        input_ids = encoded["input_ids"].to(self.device)
-        mask = encoded["attention_mask"].to(self.device)
-        states = self.model.text_encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state  # [B, S, D_t]
-        if getattr(self.model, "enc_to_dec_proj", None) is not None:
-            states = self.model.enc_to_dec_proj(states)  # [B, S, D]
-        return states * mask[..., None], mask
+        return encode_prompts(self.model, self.bundle.tokenizer, prompts, self.config.max_prompt_tokens)
 
     def _rows(self, batch: _Batch, active: torch.Tensor) -> _Rows:
         """The decoder batch for the ``active`` requests (recomputed only when requests finish)."""
