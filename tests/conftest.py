@@ -1,5 +1,6 @@
 """Fixtures shared by every test: an isolated model cache, tiny models and checkpoints, fsspec stores."""
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -7,9 +8,18 @@ from pathlib import Path
 import fsspec
 import fsspec.config
 import pytest
+import torch
 
 from musicrl.models.loading import MusicgenBundle, load_musicgen
 from tests.utils.tiny_models import TINY_MUSICGEN_URI, SavedTinyCheckpoint, save_tiny_checkpoint
+
+
+# Tests run tiny models, which gain nothing from intra-op threads; and when the machine is busy (servers in
+# subprocesses, a second test process), OpenMP's thread teams wait on each other for a scheduler slice per
+# operation: an RL step measured 1.4 s with one thread and 21 s with two on an oversubscribed machine.
+# Subprocesses started by the tests inherit the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -107,7 +107,7 @@ class RewardModel(Protocol):
         ...
 
 
-def finite_scores(scores: np.ndarray, reward: str) -> np.ndarray:
+def finite_scores(scores: np.ndarray | Sequence[float], reward: str) -> np.ndarray:
     """``scores`` as float32 [B], checking that the model produced no NaN (a broken checkpoint)."""
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     if not all(math.isfinite(float(s)) for s in scores):

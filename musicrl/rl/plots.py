@@ -1,0 +1,39 @@
+"""Plots a person can read: each reward against step and against KL (as MusicRL's Figures 2 and 3)."""
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+
+matplotlib.use("Agg")  # files only: training runs have no display
+
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+
+
+def plot_run(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
+    """Write ``out`` (PNG): rewards vs step, rewards vs KL, KL and entropy vs step, value loss vs step."""
+    rewards = sorted(k for k in (rows[0] if rows else {}) if k.startswith("reward/") and k.endswith("/mean"))
+    steps = [r["step"] for r in rows]
+    figure, axes = plt.subplots(2, 2, figsize=(12, 8))
+    for key in rewards:
+        label = key.removeprefix("reward/").removesuffix("/mean")
+        axes[0, 0].plot(steps, [r[key] for r in rows], label=label)
+        axes[0, 1].plot([r.get("kl", float("nan")) for r in rows], [r[key] for r in rows], ".-", label=label)
+    axes[0, 0].set(title="Rewards during training", xlabel="step", ylabel="mean reward")
+    axes[0, 1].set(title="Reward against KL to the reference", xlabel="KL (nats per step)", ylabel="mean reward")
+    axes[1, 0].plot(steps, [r.get("kl", float("nan")) for r in rows], label="KL")
+    axes[1, 0].plot(steps, [r.get("entropy", float("nan")) for r in rows], label="entropy")
+    axes[1, 0].set(title="KL and entropy", xlabel="step", ylabel="nats per step")
+    axes[1, 1].plot(steps, [r.get("value_loss", float("nan")) for r in rows])
+    axes[1, 1].set(title="Value loss", xlabel="step", ylabel="MSE")
+    for axis in axes.flat:
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out

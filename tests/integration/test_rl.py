@@ -1,0 +1,198 @@
+"""RL on the tiny policy with analytic rewards: it must learn, stay near its reference, and checkpoint."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from musicrl.config import SamplingParams
+from musicrl.errors import IncompatibleModel, InvalidRequest, ModelNotFound
+from musicrl.models.engine import GenerationEngine, GenerationRequest
+from musicrl.models.loading import load_musicgen
+from musicrl.rl.config import RLConfig
+from musicrl.rl.trainer import RLTrainer, train_rl
+from tests.utils.processes import REPO_ROOT
+
+
+pytestmark = pytest.mark.slow
+
+TINY = "tiny://musicgen?seed=0"
+LOW_CODES = "analytic://low-codes?vocab_size=128"
+PROMPTS = ["rock", "jazz piano", "ambient pads", "techno beat", "folk guitar", "string quartet"]
+EVAL_PROMPTS = [f"{p} number {i}" for i in range(6) for p in PROMPTS]
+
+
+def _config(out: Path, **overrides) -> RLConfig:
+    data = {
+        "stage": "test",
+        "policy_uri": TINY,
+        "rewards": [{"reward": "low-codes", "uri": LOW_CODES, "weight": 1.0, "normalization": "none"}],
+        "prompts": PROMPTS,
+        "alpha": 0.005,
+        # 0.3 s clips, 16 per step, a large learning rate: the tiny model learns the analytic reward in ~20 steps
+        "sampling": {"duration_s": 0.3, "temperature": 0.99, "top_k": 0, "guidance_scale": 3.0},
+        "optim": {"steps": 24, "batch_size": 16, "policy_lr": 1e-3, "value_lr": 1e-3},
+        "checkpoint_every": 12,
+        "out_url": str(out),
+        "seed": 0,
+    }
+    data.update(overrides)
+    return RLConfig.from_wire(data)
+
+
+def _low_code_share(uri: str, prompts=EVAL_PROMPTS) -> float:
+    """Mean share of low codebook-0 tokens over fresh samples with fixed seeds (the same for every policy)."""
+    engine = GenerationEngine.from_uri(uri)
+    params = SamplingParams(duration_s=0.3, temperature=0.99, top_k=0)
+    clips = engine.generate_batch([GenerationRequest(p, params, seed=i) for i, p in enumerate(prompts)])
+    return float(np.mean([(c.codes[0] < 64).float().mean().item() for c in clips]))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rl") / "run"
+    result = train_rl(_config(out))
+    return out, result
+
+
+def test_a_short_run_raises_the_reward_by_a_clear_margin(trained):
+    out, result = trained
+    final = result.checkpoints[-1]
+    before, after = _low_code_share(TINY), _low_code_share(final)
+    assert after > before + 0.15, (before, after)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 25))
+    assert rows[-1]["kl"] < 8.0  # nats per step: the policy moved, but stayed near its reference
+    assert {"reward/mean", "reward/low-codes/mean", "kl", "entropy", "value_loss", "advantage/std"} <= set(rows[0])
+    assert (out / "training.png").stat().st_size > 10_000
+
+
+def test_checkpoints_are_served_by_the_generator_and_differ_from_the_base(trained):
+    _, result = trained
+    assert [Path(c).name for c in result.checkpoints] == ["step-000012", "step-000024"]
+    metadata = json.loads((Path(result.checkpoints[-1]) / "musicrl.json").read_text())
+    assert metadata["kind"] == "policy" and metadata["parent_uri"] == TINY
+    assert metadata["extra"]["reference_uri"] == TINY and metadata["extra"]["step"] == 24
+    request = [GenerationRequest("rock", SamplingParams(duration_s=0.3), seed=5)]
+    base = GenerationEngine.from_uri(TINY).generate_batch(request)[0].codes
+    tuned = GenerationEngine.from_uri(f"file://{result.checkpoints[-1]}").generate_batch(request)[0].codes
+    assert not torch.equal(base, tuned)
+
+
+def test_alpha_one_keeps_the_policy_at_its_reference(tmp_path):
+    # a realistic learning rate: Adam normalises step sizes, so even round-off becomes a step at large rates
+    result = train_rl(_config(tmp_path / "run", alpha=1.0, optim={"steps": 4, "batch_size": 8, "policy_lr": 1e-4}))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # at the reference the KL's gradient is round-off, which Adam's normalised steps turn into drift of about
+    # the learning rate per step: the KL stays three orders of magnitude below a trained run's (~5)
+    assert max(r["kl"] for r in rows) < 1e-2
+    final = load_musicgen(result.checkpoints[-1]).model.decoder.state_dict()
+    start = load_musicgen(TINY).model.decoder.state_dict()
+    drift = max((final[k] - start[k]).abs().max().item() for k in start)
+    assert drift < 1e-3  # the KL's gradient at the reference is zero: nothing moves
+
+
+def test_a_larger_alpha_gives_a_smaller_kl(tmp_path):
+    kls = {}
+    for alpha in (0.0, 0.5):
+        train_rl(
+            _config(tmp_path / f"alpha-{alpha}", alpha=alpha, optim={"steps": 8, "batch_size": 8, "policy_lr": 3e-3})
+        )
+        rows = [json.loads(line) for line in (tmp_path / f"alpha-{alpha}" / "metrics.jsonl").read_text().splitlines()]
+        kls[alpha] = np.mean([r["kl"] for r in rows[-3:]])
+    assert kls[0.5] < kls[0.0], kls
+
+
+def test_ru_starts_from_r_and_measures_kl_against_it(trained, tmp_path):
+    _, r_result = trained
+    r_checkpoint = r_result.checkpoints[-1]
+    ru = _config(tmp_path / "ru", stage="RU", policy_uri=r_checkpoint, reference_uri=r_checkpoint,
+                 optim={"steps": 2, "batch_size": 8, "policy_lr": 3e-3})  # fmt: skip
+    result = train_rl(ru)
+    rows = [json.loads(line) for line in (tmp_path / "ru" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["kl"] < 1e-6  # step 1 samples R itself: zero KL against R, not against the base
+    metadata = json.loads((Path(result.checkpoints[-1]) / "musicrl.json").read_text())
+    assert metadata["parent_uri"] == r_checkpoint and metadata["extra"]["reference_uri"] == r_checkpoint
+    assert metadata["extra"]["stage"] == "RU"
+
+
+def test_a_run_resumes_from_its_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    train_rl(_config(out, optim={"steps": 3, "batch_size": 4, "policy_lr": 3e-3}, checkpoint_every=3))
+    result = train_rl(_config(out, optim={"steps": 5, "batch_size": 4, "policy_lr": 3e-3}, checkpoint_every=3))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [Path(c).name for c in result.checkpoints] == ["step-000005"]
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        ({"rewards": [{"reward": "happiness", "uri": "x"}]}, InvalidRequest, "unknown reward 'happiness'"),
+        ({"alpha": 1.5}, InvalidRequest, "alpha must be in \\[0, 1\\]"),
+        ({"alpha": -0.1}, InvalidRequest, "alpha must be in \\[0, 1\\]"),
+        ({"prompts": []}, InvalidRequest, "the prompt set is empty"),
+        ({"policy_uri": "/no/such/checkpoint"}, ModelNotFound, "no checkpoint directory"),
+        ({"reference_uri": "tiny://musicgen?seed=0&codebook_size=64"}, IncompatibleModel, "vocab_size=64"),
+        ({"reference_uri": "tiny://musicgen?seed=0&num_hidden_layers=3"}, IncompatibleModel, "num_hidden_layers"),
+        ({"learning_rate": 1}, InvalidRequest, "unknown RL config keys \\['learning_rate'\\]"),
+    ],
+)
+def test_bad_runs_stop_before_any_training(tmp_path, overrides, error, message):
+    with pytest.raises(error, match=message):
+        RLTrainer.build(_config(tmp_path / "run", **overrides))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_two_processes_under_torchrun_end_with_identical_parameters(tmp_path):
+    config = tmp_path / "ddp.json"
+    config.write_text(
+        json.dumps(_config(tmp_path / "run", optim={"steps": 2, "batch_size": 2, "policy_lr": 3e-3}).to_wire())
+    )
+    script = tmp_path / "fingerprint.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+         str(config), str(tmp_path)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    fingerprints = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert fingerprints[0]["prompts"] != fingerprints[1]["prompts"]  # each rank trained on its own shard
+    assert fingerprints[0]["policy"] == fingerprints[1]["policy"]
+    assert fingerprints[0]["value"] == fingerprints[1]["value"]
+    assert fingerprints[0]["policy"] != fingerprints[0]["start"]  # and they did train
+
+
+DDP_SCRIPT = """
+import hashlib, json, sys
+import torch
+from musicrl.rl.config import RLConfig
+from musicrl.rl.trainer import RLTrainer
+
+def digest(module):
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode()); h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+config = RLConfig.from_file(sys.argv[1])
+trainer = RLTrainer.build(config)
+rank = trainer.topology.rank
+start = digest(trainer.policy.model.decoder)
+prompts = trainer._prompts_and_seeds(0)[0]
+trainer.run()
+fingerprint = {
+    "start": start,
+    "policy": digest(trainer.policy.model.decoder),
+    "value": digest(trainer.objective.value),
+    "prompts": prompts,
+}
+open(f"{sys.argv[2]}/rank-{rank}.json", "w").write(json.dumps(fingerprint))
+"""
