@@ -209,3 +209,44 @@ class BusConfig:
             )
         if self.max_age_s < 0:
             raise InvalidRequest(f"max_age_s must be >= 0 (0 keeps events forever), got {self.max_age_s}")
+
+
+@dataclass(frozen=True, slots=True)
+class RewardServiceConfig:
+    """The reward service: which reward models it serves, and the server conventions of the generator.
+
+    Attributes:
+        text_adherence_uri: CLAP checkpoint of the ``text-adherence`` model (unset: not served).
+        quality_uri: Checkpoint of the ``quality`` model (unset: not served).
+        preference_uri: Checkpoint of the ``preference`` model (unset: not served).
+        device: Torch device of every model.
+        max_clips_per_request: Most clips one request may carry.
+        server: Bind address and ports.
+        batching: Micro-batching limits (each model batches on its own).
+    """
+
+    text_adherence_uri: str | None = None
+    quality_uri: str | None = None
+    preference_uri: str | None = None
+    device: str = "cpu"
+    max_clips_per_request: int = 64
+    server: ServerConfig = field(default_factory=ServerConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+
+    def __post_init__(self) -> None:
+        if not (self.text_adherence_uri or self.quality_uri or self.preference_uri):
+            raise InvalidRequest(
+                "serve at least one reward: set text_adherence_uri, quality_uri or preference_uri "
+                "(for example tiny://clap?seed=0 for text adherence)"
+            )
+        if self.max_clips_per_request < 1:
+            raise InvalidRequest(f"max_clips_per_request must be >= 1, got {self.max_clips_per_request}")
+
+    def models(self) -> dict[str, str]:
+        """Reward name → model URI, for the rewards this service serves."""
+        named = {
+            "text-adherence": self.text_adherence_uri,
+            "quality": self.quality_uri,
+            "preference": self.preference_uri,
+        }
+        return {name: uri for name, uri in named.items() if uri}

@@ -1,0 +1,52 @@
+"""One reward as a KServe model: load() builds it on the torch thread, predict() batches clips through it."""
+
+from collections.abc import Callable
+from typing import Any
+
+from musicrl.config import BatchingConfig
+from musicrl.errors import InvalidRequest, ModelNotReady
+from musicrl.rewards.base import RewardModel
+from musicrl.serving import metrics, reward_api
+from musicrl.serving.batcher import MicroBatcher
+from musicrl.serving.errors import served
+from musicrl.serving.kserve_compat import Model
+from musicrl.serving.torch_thread import torch_executor
+
+
+class RewardServingModel(Model):
+    """Serves one reward under its name (``text-adherence``, ``quality``, ``preference``)."""
+
+    def __init__(
+        self, name: str, build: Callable[[], RewardModel], batching: BatchingConfig, max_clips: int
+    ) -> None:
+        super().__init__(name)
+        self.build = build
+        self.batching = batching
+        self.max_clips = max_clips
+        self.batcher: MicroBatcher[reward_api.RewardItem, float | InvalidRequest] | None = None
+
+    def load(self) -> bool:
+        reward = torch_executor().submit(self.build).result()  # built where it will run
+        self.batcher = MicroBatcher(lambda items: reward_api.score_items(reward, items), self.batching, self.name)
+        self.ready = True
+        return self.ready
+
+    @served()
+    async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+        if self.batcher is None:
+            raise ModelNotReady(f"model {self.name} is still loading")
+        items = reward_api.parse_reward_call(payload, self.max_clips)
+        scores = await self.batcher.submit(items)
+        metrics.ITEMS.labels(model=self.name).inc(len(items))
+        return reward_api.build_reward_response(payload, scores, self.name)
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        return reward_api.metadata_inputs()
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        return reward_api.metadata_outputs()
+
+    def stop(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        self.ready = False
