@@ -91,7 +91,7 @@ def byte_level_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast
     Any text tokenizes without unknowns, which is all a tiny text encoder needs.
     """
     vocab = {token: i for i, token in enumerate(TEXT_SPECIAL_TOKENS)}
-    for _byte, char in sorted(_bytes_to_unicode().items()):
+    for _byte, char in sorted(bytes_to_unicode().items()):
         vocab[char] = len(vocab)
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
@@ -106,7 +106,7 @@ def byte_level_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast
     )
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from bytes to printable characters, which the ByteLevel pre-tokenizer emits."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     printable += list(range(ord("®"), ord("ÿ") + 1))
@@ -192,6 +192,8 @@ def seeded_init_(module: torch.nn.Module, seed: int) -> None:
     tensors.update({n: b for n, b in module.named_buffers() if n.endswith(("codebook.embed", "codebook.embed_avg"))})
     for name in sorted(tensors):
         tensor = tensors[name]
+        if tensor.ndim == 0:  # scalars such as CLAP's logit scales keep their configured value
+            continue
         if name.endswith("parametrizations.weight.original0") or (tensor.ndim == 1 and name.endswith("weight")):
             tensor.fill_(1.0)
         elif tensor.ndim == 1:
@@ -201,5 +203,5 @@ def seeded_init_(module: torch.nn.Module, seed: int) -> None:
             rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
             fan_in = int(np.prod(tensor.shape[1:]))
             scale = 1.0 if key.endswith("codebook.embed") else 1.0 / np.sqrt(fan_in)
-            values = rng.standard_normal(tuple(tensor.shape), dtype=np.float32) * np.float32(scale)
+            values = np.asarray(rng.standard_normal(tuple(tensor.shape), dtype=np.float32) * np.float32(scale))
             tensor.copy_(torch.from_numpy(values))

@@ -46,7 +46,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
 
     def __init__(
         self,
-        run_batch: Callable[[list[ItemT]], Sequence[ResultT]],
+        run_batch: Callable[[list[ItemT]], Sequence[ResultT | BaseException]],
         config: BatchingConfig,
         model_name: str,
         executor: concurrent.futures.Executor | None = None,

@@ -4,7 +4,7 @@ from collections.abc import Callable
 from typing import Any
 
 from musicrl.config import BatchingConfig
-from musicrl.errors import InvalidRequest, ModelNotReady
+from musicrl.errors import ModelNotReady
 from musicrl.rewards.base import RewardModel
 from musicrl.serving import metrics, reward_api
 from musicrl.serving.batcher import MicroBatcher
@@ -23,7 +23,7 @@ class RewardServingModel(Model):
         self.build = build
         self.batching = batching
         self.max_clips = max_clips
-        self.batcher: MicroBatcher[reward_api.RewardItem, float | InvalidRequest] | None = None
+        self.batcher: MicroBatcher[reward_api.RewardItem, float] | None = None
 
     def load(self) -> bool:
         reward = torch_executor().submit(self.build).result()  # built where it will run

@@ -14,6 +14,7 @@ from musicrl.config import (
     EngineConfig,
     GenerationLimits,
     GeneratorServiceConfig,
+    RewardServiceConfig,
     SamplingParams,
     ServerConfig,
 )
@@ -77,6 +78,13 @@ INVALID: list[tuple[type, dict[str, Any], str]] = [
         r"publish_deadline_s \(400\) must be at most half of duplicate_window_s \(600.0\)",
     ),
     (BusConfig, dict(nats_url="nats://x", max_age_s=-1), r"max_age_s must be >= 0"),
+    # RewardServiceConfig
+    (RewardServiceConfig, dict(), r"serve at least one reward"),
+    (
+        RewardServiceConfig,
+        dict(quality_uri="tiny://quality?seed=0", max_clips_per_request=0),
+        r"max_clips_per_request must be >= 1",
+    ),
 ]
 
 
