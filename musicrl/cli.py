@@ -7,6 +7,11 @@
     musicrl dataset snapshot --dataset URL --out URL
     musicrl apikey new --id NAME --scopes generate,feedback
     musicrl up                      # the whole platform on this machine (make run)
+    musicrl serve rewards --text-adherence-uri URI --quality-uri URI --preference-uri URI
+    musicrl score --reward NAME --model URI --prompt TEXT (--audio clip.wav | --codes clip.npy)
+    musicrl train quality --snapshot-url URL --out-url URL
+    musicrl train preference --snapshot-url URL --init-uri POLICY_URI --out-url URL
+    musicrl train rl --config configs/rl/musicrl-r.yaml
 
 Flags are derived from the config dataclasses (``musicrl.settings``); errors the user can fix end the
 process with a sentence on stderr and the exit code of their class (``musicrl.errors``).
@@ -22,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicrl.config import EngineConfig, GeneratorServiceConfig, SamplingParams
+from musicrl.config import EngineConfig, GeneratorServiceConfig, RewardServiceConfig, SamplingParams
 from musicrl.data.snapshot_config import SnapshotConfig
 from musicrl.entrypoint import run_main
 from musicrl.errors import InvalidRequest
@@ -30,6 +35,8 @@ from musicrl.gateway.auth import Scope, new_api_key
 from musicrl.gateway.config import GatewayConfig
 from musicrl.local import LocalPlatformConfig, run_local_platform
 from musicrl.recorder.config import RecorderConfig
+from musicrl.rewards.preference_config import PreferenceTrainConfig
+from musicrl.rewards.quality_config import QualityTrainConfig
 from musicrl.settings import add_config_flags, config_from
 
 
@@ -71,6 +78,31 @@ def build_parser() -> argparse.ArgumentParser:
     gateway = servers.add_parser("gateway", help="the REST API and the listening page")
     add_config_flags(gateway, GatewayConfig)
     gateway.set_defaults(command=_serve_gateway)
+
+    rewards = servers.add_parser("rewards", help="the reward models over the V2 inference protocol")
+    add_config_flags(rewards, RewardServiceConfig)
+    rewards.set_defaults(command=_serve_rewards)
+
+    score = commands.add_parser("score", help="score one clip with one reward")
+    score.add_argument("--reward", required=True, help="text-adherence, quality, preference, low-codes, loudness")
+    score.add_argument("--model", dest="model_uri", required=True, help="the reward model's URI")
+    score.add_argument("--prompt", required=True, help="the clip's prompt")
+    score.add_argument("--audio", type=Path, help="the clip as an audio file (WAV, FLAC, ...)")
+    score.add_argument("--codes", type=Path, help="the clip's codes as a .npy file, int64 [K, T]")
+    score.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    score.set_defaults(command=_score)
+
+    train = commands.add_parser("train", help="train a reward model or run an RL stage")
+    trainers = train.add_subparsers(required=True, metavar="WHAT")
+    quality = trainers.add_parser("quality", help="the MOS predictor on a snapshot's ratings")
+    add_config_flags(quality, QualityTrainConfig)
+    quality.set_defaults(command=lambda args: _train_quality(config_from(QualityTrainConfig, args=args)))
+    preference = trainers.add_parser("preference", help="the Bradley–Terry preference model on a snapshot")
+    add_config_flags(preference, PreferenceTrainConfig)
+    preference.set_defaults(command=lambda args: _train_preference(config_from(PreferenceTrainConfig, args=args)))
+    rl = trainers.add_parser("rl", help="an RL stage (MusicRL-R, -U, -RU) from a YAML or JSON config")
+    rl.add_argument("--config", type=Path, required=True, help="the run's config file")
+    rl.set_defaults(command=_train_rl)
 
     up = commands.add_parser("up", help="run the whole platform locally (nats, generator, recorder, gateway)")
     add_config_flags(up, LocalPlatformConfig)
@@ -138,6 +170,69 @@ def _serve_gateway(args: argparse.Namespace) -> None:
 
     config = config_from(GatewayConfig, args=args)
     uvicorn.run(create_app(config), host=config.host, port=config.port, log_config=None, timeout_graceful_shutdown=30)
+
+
+def _serve_rewards(args: argparse.Namespace) -> None:
+    import functools
+
+    from musicrl.rewards.registry import load_reward
+    from musicrl.serving.server import serve
+    from services.rewards.model import RewardServingModel
+
+    config = config_from(RewardServiceConfig, args=args)
+    models = [
+        RewardServingModel(
+            name,
+            functools.partial(load_reward, name, uri, device=config.device),
+            config.batching,
+            config.max_clips_per_request,
+        )
+        for name, uri in config.models().items()
+    ]
+    serve(models, config.server)
+
+
+def _score(args: argparse.Namespace) -> None:
+    from musicrl.models.audio import decode_wav
+    from musicrl.rewards.base import ClipBatch
+    from musicrl.rewards.registry import load_reward
+
+    if (args.audio is None) == (args.codes is None):
+        raise InvalidRequest("give the clip with --audio FILE or with --codes FILE (one of them)")
+    if args.audio is not None:
+        try:
+            audio, rate = decode_wav(args.audio.read_bytes())
+        except (OSError, RuntimeError) as e:
+            raise InvalidRequest(f"cannot read audio from {args.audio}: {e}") from e
+        mono = audio if audio.ndim == 1 else audio.mean(axis=1)
+        batch = ClipBatch([args.prompt], audio=[mono.astype(np.float32)], sample_rate=rate)
+    else:
+        try:
+            codes = np.load(args.codes, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise InvalidRequest(f"cannot read codes from {args.codes}: {e}") from e
+        batch = ClipBatch([args.prompt], codes=[codes])
+    (score,) = load_reward(args.reward, args.model_uri, device=args.device).score(batch)
+    sys.stdout.write(json.dumps({"reward": args.reward, "score": float(score)}) + "\n")
+
+
+def _train_quality(config: QualityTrainConfig) -> None:
+    from musicrl.rewards.train_quality import train_quality
+
+    logger.info("quality model: %s", train_quality(config))
+
+
+def _train_preference(config: PreferenceTrainConfig) -> None:
+    from musicrl.rewards.train_preference import train_preference
+
+    logger.info("preference model: %s", train_preference(config))
+
+
+def _train_rl(args: argparse.Namespace) -> None:
+    from musicrl.rl.config import RLConfig
+    from musicrl.rl.trainer import train_rl
+
+    logger.info("RL run: %s", train_rl(RLConfig.from_file(args.config)))
 
 
 def _new_api_key(args: argparse.Namespace) -> None:

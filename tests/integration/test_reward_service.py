@@ -1,0 +1,155 @@
+"""The reward service as a real subprocess: three models over V2, spoken to with tritonclient."""
+
+import concurrent.futures
+import re
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from musicrl.rewards.base import ClipBatch, ClipInput
+from musicrl.rewards.preference import PreferenceRewardModel
+from musicrl.rewards.registry import load_reward
+from musicrl.rewards.remote import RemoteReward
+from tests.utils.processes import model_server
+
+
+pytestmark = pytest.mark.slow
+
+TEXT = "tiny://clap?seed=0"
+QUALITY = "tiny://quality?seed=0"
+RATE = 16_000
+
+
+@pytest.fixture(scope="module")
+def preference_uri(tmp_path_factory):
+    """A preference model initialised from the tiny policy, saved like a trained one."""
+    model = PreferenceRewardModel.from_policy("tiny://musicgen?seed=0")
+    path = tmp_path_factory.mktemp("preference") / "checkpoint"
+    model.save(str(path), metrics={})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, preference_uri):
+    env = {
+        "MUSICRL_TEXT_ADHERENCE_URI": TEXT,
+        "MUSICRL_QUALITY_URI": QUALITY,
+        "MUSICRL_PREFERENCE_URI": preference_uri,
+        "MUSICRL_MAX_QUEUE_DELAY_MS": "50",
+    }
+    with model_server("services.rewards", env, tmp_path_factory.mktemp("logs"), "preference", timeout_s=120) as server:
+        yield server
+
+
+def _clips(seed: int = 0, count: int = 3) -> ClipBatch:
+    rng = np.random.default_rng(seed)
+    audio = [(0.1 * rng.standard_normal(RATE * (i + 1))).astype(np.float32) for i in range(count)]
+    codes = [rng.integers(0, 128, size=(4, 20 + 5 * i)) for i in range(count)]
+    return ClipBatch([f"prompt {i}" for i in range(count)], audio=audio, sample_rate=RATE, codes=codes)
+
+
+@pytest.mark.parametrize("name", ["text-adherence", "quality", "preference"])
+def test_served_scores_equal_in_process_scores(service, preference_uri, name):
+    uri = {"text-adherence": TEXT, "quality": QUALITY, "preference": preference_uri}[name]
+    reads = ClipInput.CODES if name == "preference" else ClipInput.AUDIO
+    batch = _clips()
+    remote = RemoteReward(service.http_url, name, reads).score(batch)
+    local = load_reward(name, uri).score(batch)
+    assert remote.shape == (3,) and remote.dtype == np.float32
+    np.testing.assert_allclose(remote, local, rtol=1e-4, atol=1e-5)
+    if name == "text-adherence":
+        assert (remote >= -1).all() and (remote <= 1).all()
+    if name == "quality":
+        assert (remote >= 0).all() and (remote <= 1).all()
+
+
+def test_grpc_clients_get_the_same_scores(service):
+    batch = _clips(seed=1, count=2)
+    client = grpcclient.InferenceServerClient(service.grpc_url)
+    inputs = [grpcclient.InferInput("prompt", [2], "BYTES"), grpcclient.InferInput("audio", [2, 2 * RATE], "FP32")]
+    inputs[0].set_data_from_numpy(np.array([p.encode() for p in batch.prompts], dtype=np.object_))
+    padded = np.zeros((2, 2 * RATE), np.float32)
+    for row, clip in enumerate(batch.audio):
+        padded[row, : len(clip)] = clip
+    inputs[1].set_data_from_numpy(padded)
+    lengths = grpcclient.InferInput("num_samples", [2], "INT64")
+    lengths.set_data_from_numpy(np.array([len(a) for a in batch.audio], dtype=np.int64))
+    result = client.infer("quality", [*inputs, lengths], parameters={"sample_rate": RATE})
+    client.close()
+    np.testing.assert_allclose(result.as_numpy("score"), load_reward("quality", QUALITY).score(batch), rtol=1e-4)
+
+
+def _infer(service, model: str, **tensors):
+    client = httpclient.InferenceServerClient(service.http_url)
+    inputs = []
+    for name, (array, datatype) in tensors.items():
+        tensor = httpclient.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    try:
+        return client.infer(model, inputs)
+    finally:
+        client.close()
+
+
+PROMPT = (np.array([b"calm piano"], dtype=np.object_), "BYTES")
+RATE_TENSOR = (np.array([RATE], dtype=np.int32), "INT32")
+GOOD_AUDIO = (np.zeros((1, RATE), np.float32), "FP32")
+LOW_RATE = (np.array([1000], np.int32), "INT32")
+CODES_2D = (np.zeros((1, 4), np.int64), "INT64")
+
+
+@pytest.mark.parametrize(
+    "model, tensors, message",
+    [
+        ("quality", {"prompt": PROMPT, "audio": (np.zeros(RATE, np.float32), "FP32"), "sample_rate": RATE_TENSOR},
+         "must have shape \\[1, S\\]"),
+        ("quality", {"prompt": PROMPT, "audio": (np.full((1, 100), np.nan, np.float32), "FP32"),
+                     "sample_rate": RATE_TENSOR}, "NaN or infinite"),
+        ("quality", {"prompt": PROMPT, "audio": (np.full((1, 100), np.inf, np.float32), "FP32"),
+                     "sample_rate": RATE_TENSOR}, "NaN or infinite"),
+        ("text-adherence", {"prompt": PROMPT, "audio": GOOD_AUDIO}, "needs its 'sample_rate'"),
+        ("text-adherence", {"prompt": PROMPT, "audio": GOOD_AUDIO, "sample_rate": LOW_RATE}, "1000 Hz is not"),
+        ("preference", {"prompt": PROMPT, "codes": (np.full((1, 4, 10), 500, np.int64), "INT64")},
+         "outside \\[0, 128\\)"),
+        ("preference", {"prompt": PROMPT, "codes": (np.zeros((1, 3, 10), np.int64), "INT64")}, "has 3 codebooks"),
+        ("preference", {"prompt": PROMPT, "codes": CODES_2D}, "must have shape \\[1, K, T\\]"),
+        ("text-adherence", {"prompt": PROMPT, "codes": (np.zeros((1, 4, 10), np.int64), "INT64")}, "scores audio"),
+        ("quality", {"prompt": PROMPT}, "send 'audio'"),
+    ],
+    ids=["audio-1d", "nan", "inf", "no-rate", "bad-rate", "codes-range", "codes-k", "codes-shape", "codes-for-audio",
+         "nothing"],
+)  # fmt: skip
+def test_bad_clips_are_a_400_with_a_sentence(service, model, tensors, message):
+    with pytest.raises(InferenceServerException) as error:
+        _infer(service, model, **tensors)
+    assert error.value.status() == "400"
+    assert re.search(message, error.value.message())
+
+
+def test_a_bad_request_does_not_fail_its_batch_mates(service):
+    good = {"prompt": PROMPT, "codes": (np.zeros((1, 4, 10), np.int64), "INT64")}
+    bad = {"prompt": PROMPT, "codes": (np.full((1, 4, 10), 999, np.int64), "INT64")}
+
+    def call(tensors):
+        try:
+            return _infer(service, "preference", **tensors).as_numpy("score")
+        except InferenceServerException as e:
+            return e
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(call, [good, bad, good, bad]))
+    assert [isinstance(r, InferenceServerException) for r in results] == [False, True, False, True]
+    assert results[0].shape == (1,)
+
+
+def test_the_service_reports_its_models(service):
+    client = httpclient.InferenceServerClient(service.http_url)
+    assert client.is_server_ready()
+    for name in ("text-adherence", "quality", "preference"):
+        assert client.is_model_ready(name)
+        assert [o["name"] for o in client.get_model_metadata(name)["outputs"]] == ["score"]
+    client.close()
