@@ -50,6 +50,9 @@ proto: setup
 
 bench: setup
 	$(PY) bench/generation_throughput.py
+	$(PY) bench/feedback_throughput.py
+	$(PY) bench/reward_throughput.py
+	$(PY) bench/rl_throughput.py
 
 # Re-pin the transitive set after changing pyproject.toml (torch is pinned above, not here).
 lock: setup

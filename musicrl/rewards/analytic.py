@@ -1,8 +1,9 @@
 """Analytic rewards: closed-form functions of a clip, with no model to train.
 
 They make RL testable and debuggable on tiny models (a run must raise them by a clear margin), and serve as
-held-out sanity checks. ``low-codes``: the share of codebook-0 tokens in the lower half of the vocabulary.
-``loudness``: the clip's RMS level, mapped from [-60, 0] dBFS to [0, 1].
+held-out sanity checks. ``low-codes``: the share of codebook-0 tokens in the lower half of the vocabulary;
+``high-codes``: the share in the upper half, which falls exactly as ``low-codes`` rises (a held-out reward
+that over-optimising ``low-codes`` must trip). ``loudness``: the RMS level, mapped from [-60, 0] dBFS to [0, 1].
 """
 
 import numpy as np
@@ -30,6 +31,15 @@ class LowCodesShare:
         batch.require(self.reads, self.name)
         assert batch.codes is not None
         return finite_scores([float((c[0] < self.vocab_size // 2).mean()) for c in batch.codes], self.name)
+
+
+class HighCodesShare(LowCodesShare):
+    """Share of codebook-0 tokens at or above ``vocab_size / 2``; in [0, 1]."""
+
+    name = "high-codes"
+
+    def score(self, batch: ClipBatch) -> np.ndarray:
+        return finite_scores(1.0 - super().score(batch), self.name)
 
 
 class Loudness:

@@ -9,7 +9,7 @@ import urllib.parse
 from collections.abc import Callable
 
 from musicrl.errors import InvalidRequest
-from musicrl.rewards.analytic import Loudness, LowCodesShare
+from musicrl.rewards.analytic import HighCodesShare, Loudness, LowCodesShare
 from musicrl.rewards.base import ClipInput, RewardModel
 
 
@@ -32,13 +32,20 @@ def _preference(uri: str, device: str) -> RewardModel:
     return PreferenceReward(load_preference(uri, device=device))
 
 
-def _low_codes(uri: str, device: str) -> RewardModel:
+def _vocab_size(uri: str) -> int:
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(uri).query))
     try:
-        vocab_size = int(query.get("vocab_size", 2048))  # MusicGen's codebook size
+        return int(query.get("vocab_size", 2048))  # MusicGen's codebook size
     except ValueError as e:
-        raise InvalidRequest(f"low-codes reward URI {uri!r}: vocab_size must be an integer") from e
-    return LowCodesShare(vocab_size)
+        raise InvalidRequest(f"analytic reward URI {uri!r}: vocab_size must be an integer") from e
+
+
+def _low_codes(uri: str, device: str) -> RewardModel:
+    return LowCodesShare(_vocab_size(uri))
+
+
+def _high_codes(uri: str, device: str) -> RewardModel:
+    return HighCodesShare(_vocab_size(uri))
 
 
 def _loudness(uri: str, device: str) -> RewardModel:
@@ -50,6 +57,7 @@ REWARD_KINDS: dict[str, tuple[Callable[[str, str], RewardModel], ClipInput]] = {
     "quality": (_quality, ClipInput.AUDIO),
     "preference": (_preference, ClipInput.CODES),
     "low-codes": (_low_codes, ClipInput.CODES),  # analytic://low-codes?vocab_size=128
+    "high-codes": (_high_codes, ClipInput.CODES),  # analytic://high-codes?vocab_size=128
     "loudness": (_loudness, ClipInput.AUDIO),  # analytic://loudness
 }
 

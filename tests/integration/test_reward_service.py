@@ -10,10 +10,12 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from musicrl.rewards.base import ClipBatch, ClipInput
-from musicrl.rewards.preference import PreferenceRewardModel
+from musicrl.rewards.preference_config import PreferenceTrainConfig
 from musicrl.rewards.registry import load_reward
 from musicrl.rewards.remote import RemoteReward
+from musicrl.rewards.train_preference import train_preference
 from tests.utils.processes import model_server
+from tests.utils.synthetic import write_preference_snapshot
 
 
 pytestmark = pytest.mark.slow
@@ -25,11 +27,15 @@ RATE = 16_000
 
 @pytest.fixture(scope="module")
 def preference_uri(tmp_path_factory):
-    """A preference model initialised from the tiny policy, saved like a trained one."""
-    model = PreferenceRewardModel.from_policy("tiny://musicgen?seed=0")
-    path = tmp_path_factory.mktemp("preference") / "checkpoint"
-    model.save(str(path), metrics={})
-    return str(path)
+    """A preference model trained (briefly) from the tiny policy and saved: its scores are not all zero."""
+    root = tmp_path_factory.mktemp("preference")
+    snapshot = write_preference_snapshot(root / "data", num_prompts=30, clips_per_prompt=4)
+    config = PreferenceTrainConfig(
+        snapshot_url=snapshot.url, init_uri="tiny://musicgen?seed=0", out_url=str(root / "rm"), epochs=2, lr=3e-4
+    )
+    result = train_preference(config)
+    assert result.best_epoch > 0  # a trained head, not the zero one it starts from
+    return result.uri
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +70,7 @@ def test_served_scores_equal_in_process_scores(service, preference_uri, name):
         assert (remote >= -1).all() and (remote <= 1).all()
     if name == "quality":
         assert (remote >= 0).all() and (remote <= 1).all()
+    assert len(set(remote.tolist())) == 3  # three different clips, three different scores
 
 
 def test_grpc_clients_get_the_same_scores(service):

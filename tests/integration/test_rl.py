@@ -196,3 +196,20 @@ fingerprint = {
 }
 open(f"{sys.argv[2]}/rank-{rank}.json", "w").write(json.dumps(fingerprint))
 """
+
+
+@pytest.mark.parametrize("action", ["stop", "keep_best"])
+def test_the_over_optimisation_alarm_fires_when_a_held_out_reward_falls(tmp_path, action):
+    # trained on low-codes, watched on high-codes: by construction the second falls as the first rises
+    held_out = {"reward": "high-codes", "uri": "analytic://high-codes?vocab_size=128", "window": 2,
+                "max_drop": 0.05, "action": action}  # fmt: skip
+    result = train_rl(_config(tmp_path / "run", alpha=0.0, held_out=held_out, checkpoint_every=100))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert result.best_checkpoint is not None and Path(result.best_checkpoint).name == "best"
+    best_step = json.loads((Path(result.best_checkpoint) / "musicrl.json").read_text())["extra"]["step"]
+    assert best_step < rows[-1]["step"]
+    if action == "stop":
+        assert result.stopped_by_alarm and len(rows) < 24
+    else:
+        assert not result.stopped_by_alarm and len(rows) == 24
+    assert rows[-1]["held_out/high-codes/mean"] < max(r["held_out/high-codes/mean"] for r in rows)

@@ -177,3 +177,40 @@ def test_apikey_new_refuses_an_unknown_scope(caplog):
         main(["apikey", "new", "--id", "x", "--scopes", "generate,root"])
     assert exited.value.code == 2
     assert "'root' is not a valid Scope" in caplog.text
+
+
+def test_score_prints_the_reward_of_one_clip(tmp_path, capsys):
+    wav = tmp_path / "clip.wav"
+    soundfile.write(wav, (0.1 * np.sin(np.arange(16_000) / 5)).astype(np.float32), 16_000)
+    main(["score", "--reward", "loudness", "--model", "analytic://loudness", "--prompt", "x", "--audio", str(wav)])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["reward"] == "loudness" and 0.6 < printed["score"] < 0.8  # -23 dBFS → 0.62 on [-60, 0]
+    codes = tmp_path / "codes.npy"
+    np.save(codes, np.array([[1, 2, 100, 101]] * 4))
+    main(["score", "--reward", "low-codes", "--model", "analytic://low-codes?vocab_size=128", "--prompt", "x",
+          "--codes", str(codes)])  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["score"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "give the clip with --audio FILE or with --codes FILE"),
+        (["--audio", "/no/such.wav"], "cannot read audio from /no/such.wav"),
+        (["--codes", "/no/such.npy"], "cannot read codes from /no/such.npy"),
+    ],
+)
+def test_score_refuses_a_missing_clip_with_a_sentence(extra, message, caplog):
+    with pytest.raises(SystemExit) as exited:
+        main(["score", "--reward", "loudness", "--model", "analytic://loudness", "--prompt", "x", *extra])
+    assert exited.value.code == 2
+    assert message in caplog.text
+
+
+def test_score_refuses_an_unknown_reward(tmp_path, caplog):
+    codes = tmp_path / "codes.npy"
+    np.save(codes, np.zeros((4, 3), dtype=np.int64))
+    with pytest.raises(SystemExit) as exited:
+        main(["score", "--reward", "vibes", "--model", "x", "--prompt", "x", "--codes", str(codes)])
+    assert exited.value.code == 2
+    assert "unknown reward 'vibes'" in caplog.text
