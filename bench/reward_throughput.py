@@ -59,9 +59,7 @@ def main() -> None:
             path = str(Path(tmp) / label)
             PreferenceRewardModel.from_policy(policy).save(path, metrics={})
             rewards[label] = load_reward("preference", path)
-        print(
-            f"{args.clips} clips of {args.seconds:.0f} s; tiny CLAP, and preference models on a tiny and a 42M policy\n"
-        )
+        print(f"{args.clips} clips of {args.seconds:.0f} s; tiny CLAP; preference on a tiny and a 42M policy\n")
         for name, reward in rewards.items():
             reward.score(singles[0])  # warm-up
             batched = args.clips / timed(lambda r=reward: r.score(batch))

@@ -1,6 +1,6 @@
 """Start the reward service; settings come from MUSICRL_* environment variables.
 
-    MUSICRL_TEXT_ADHERENCE_URI=tiny://clap?seed=0 python -m services.rewards
+MUSICRL_TEXT_ADHERENCE_URI=tiny://clap?seed=0 python -m services.rewards
 """
 
 import functools

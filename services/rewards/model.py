@@ -16,9 +16,7 @@ from musicrl.serving.torch_thread import torch_executor
 class RewardServingModel(Model):
     """Serves one reward under its name (``text-adherence``, ``quality``, ``preference``)."""
 
-    def __init__(
-        self, name: str, build: Callable[[], RewardModel], batching: BatchingConfig, max_clips: int
-    ) -> None:
+    def __init__(self, name: str, build: Callable[[], RewardModel], batching: BatchingConfig, max_clips: int) -> None:
         super().__init__(name)
         self.build = build
         self.batching = batching
