@@ -35,7 +35,7 @@ from musicrl.gateway.auth import Scope, new_api_key
 from musicrl.gateway.config import GatewayConfig
 from musicrl.local import LocalPlatformConfig, run_local_platform
 from musicrl.recorder.config import RecorderConfig
-from musicrl.rewards.preference_config import PreferenceTrainConfig
+from musicrl.rewards.preference_config import ClapPreferenceTrainConfig, PreferenceTrainConfig
 from musicrl.rewards.quality_config import QualityTrainConfig
 from musicrl.settings import add_config_flags, config_from
 
@@ -96,10 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     trainers = train.add_subparsers(required=True, metavar="WHAT")
     quality = trainers.add_parser("quality", help="the MOS predictor on a snapshot's ratings")
     add_config_flags(quality, QualityTrainConfig)
-    quality.set_defaults(command=lambda args: _train_quality(config_from(QualityTrainConfig, args=args)))
+    quality.set_defaults(command=_train_quality)
     preference = trainers.add_parser("preference", help="the Bradley–Terry preference model on a snapshot")
     add_config_flags(preference, PreferenceTrainConfig)
-    preference.set_defaults(command=lambda args: _train_preference(config_from(PreferenceTrainConfig, args=args)))
+    preference.set_defaults(command=_train_preference)
+    baseline = trainers.add_parser("clap-preference", help="the baseline: a Bradley–Terry head over frozen CLAP")
+    add_config_flags(baseline, ClapPreferenceTrainConfig)
+    baseline.set_defaults(command=_train_clap_preference)
     rl = trainers.add_parser("rl", help="an RL stage (MusicRL-R, -U, -RU) from a YAML or JSON config")
     rl.add_argument("--config", type=Path, required=True, help="the run's config file")
     rl.set_defaults(command=_train_rl)
@@ -216,16 +219,23 @@ def _score(args: argparse.Namespace) -> None:
     sys.stdout.write(json.dumps({"reward": args.reward, "score": float(score)}) + "\n")
 
 
-def _train_quality(config: QualityTrainConfig) -> None:
+def _train_quality(args: argparse.Namespace) -> None:
     from musicrl.rewards.train_quality import train_quality
 
-    logger.info("quality model: %s", train_quality(config))
+    logger.info("quality model: %s", train_quality(config_from(QualityTrainConfig, args=args)))
 
 
-def _train_preference(config: PreferenceTrainConfig) -> None:
+def _train_preference(args: argparse.Namespace) -> None:
     from musicrl.rewards.train_preference import train_preference
 
-    logger.info("preference model: %s", train_preference(config))
+    logger.info("preference model: %s", train_preference(config_from(PreferenceTrainConfig, args=args)))
+
+
+def _train_clap_preference(args: argparse.Namespace) -> None:
+    from musicrl.rewards.clap_preference import train_clap_preference
+
+    uri, metrics = train_clap_preference(config_from(ClapPreferenceTrainConfig, args=args))
+    logger.info("CLAP preference baseline %s: %s", uri, metrics)
 
 
 def _train_rl(args: argparse.Namespace) -> None:

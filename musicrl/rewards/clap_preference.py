@@ -15,7 +15,6 @@ The head starts at zero (every pair at P = 0.5). Embeddings are computed once pe
 
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,7 +31,7 @@ from musicrl.models.resolver import resolve_local_dir
 from musicrl.models.uri import ModelURI
 from musicrl.rewards.base import ClipBatch, ClipInput, finite_scores
 from musicrl.rewards.clap_embedding import embed_segments, embed_texts, mean_by_group, split_segments
-from musicrl.rewards.preference_config import TIES
+from musicrl.rewards.preference_config import ClapPreferenceTrainConfig
 from musicrl.rewards.preference_data import PreferencePairs, read_pairs
 from musicrl.rewards.train_preference import bt_loss, pair_accuracy
 from musicrl.rewards.train_quality import read_clip_audio
@@ -116,51 +115,6 @@ class ClapPreferenceReward:
         audio = embed_clips(self.embedder, batch.audio, batch.sample_rate)  # [B, D]
         text = embed_texts(self.embedder, batch.prompts)  # [B, D]
         return finite_scores(self.head.eval()(text, audio).cpu().numpy(), self.name)
-
-
-@dataclass(frozen=True, slots=True)
-class ClapPreferenceTrainConfig:
-    """How to train the CLAP baseline.
-
-    Attributes:
-        snapshot_url: Snapshot folder holding ``preferences_{train,eval}.parquet``.
-        out_url: Where the checkpoint goes (path or fsspec URL).
-        embedder_uri: The CLAP to embed with.
-        epochs: Passes over the training pairs.
-        batch_size: Pairs per optimiser step.
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        seed: Seeds the pair order.
-        ties: ``soft`` trains on ties with target 0.5; ``drop`` drops them.
-        min_pairs: Fewest usable training pairs.
-        device: Torch device.
-    """
-
-    snapshot_url: str
-    out_url: str
-    embedder_uri: str = "tiny://clap?seed=0"  # offline default; production: hf://laion/larger_clap_music
-    epochs: int = 50  # a linear head on cached embeddings: an epoch is milliseconds
-    batch_size: int = 64
-    lr: float = 1e-2  # a linear probe on standardised features tolerates a large step
-    weight_decay: float = 1e-2
-    seed: int = 0
-    ties: str = "soft"
-    min_pairs: int = 20
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        for name in ("snapshot_url", "out_url", "embedder_uri"):
-            if not getattr(self, name):
-                raise InvalidRequest(f"{name} is required")
-        for name in ("epochs", "batch_size", "min_pairs"):
-            if getattr(self, name) < 1:
-                raise InvalidRequest(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0) or not (
-            math.isfinite(self.weight_decay) and self.weight_decay >= 0
-        ):
-            raise InvalidRequest(f"lr must be > 0 and weight_decay >= 0, got {self.lr} and {self.weight_decay}")
-        if self.ties not in TIES:
-            raise InvalidRequest(f"ties must be one of {TIES}, got {self.ties!r}")
 
 
 @dataclass(frozen=True, slots=True)

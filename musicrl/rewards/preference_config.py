@@ -64,3 +64,48 @@ class PreferenceTrainConfig:
             raise InvalidRequest(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
         if self.ties not in TIES:
             raise InvalidRequest(f"ties must be one of {TIES}, got {self.ties!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ClapPreferenceTrainConfig:
+    """How to train the CLAP baseline.
+
+    Attributes:
+        snapshot_url: Snapshot folder holding ``preferences_{train,eval}.parquet``.
+        out_url: Where the checkpoint goes (path or fsspec URL).
+        embedder_uri: The CLAP to embed with.
+        epochs: Passes over the training pairs.
+        batch_size: Pairs per optimiser step.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        seed: Seeds the pair order.
+        ties: ``soft`` trains on ties with target 0.5; ``drop`` drops them.
+        min_pairs: Fewest usable training pairs.
+        device: Torch device.
+    """
+
+    snapshot_url: str
+    out_url: str
+    embedder_uri: str = "tiny://clap?seed=0"  # offline default; production: hf://laion/larger_clap_music
+    epochs: int = 50  # a linear head on cached embeddings: an epoch is milliseconds
+    batch_size: int = 64
+    lr: float = 1e-2  # a linear probe on standardised features tolerates a large step
+    weight_decay: float = 1e-2
+    seed: int = 0
+    ties: str = "soft"
+    min_pairs: int = 20
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("snapshot_url", "out_url", "embedder_uri"):
+            if not getattr(self, name):
+                raise InvalidRequest(f"{name} is required")
+        for name in ("epochs", "batch_size", "min_pairs"):
+            if getattr(self, name) < 1:
+                raise InvalidRequest(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0) or not (
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0
+        ):
+            raise InvalidRequest(f"lr must be > 0 and weight_decay >= 0, got {self.lr} and {self.weight_decay}")
+        if self.ties not in TIES:
+            raise InvalidRequest(f"ties must be one of {TIES}, got {self.ties!r}")

@@ -32,6 +32,12 @@ def _preference(uri: str, device: str) -> RewardModel:
     return PreferenceReward(load_preference(uri, device=device))
 
 
+def _clap_preference(uri: str, device: str) -> RewardModel:
+    from musicrl.rewards.clap_preference import load_clap_preference
+
+    return load_clap_preference(uri, device=device)
+
+
 def _vocab_size(uri: str) -> int:
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(uri).query))
     try:
@@ -56,6 +62,7 @@ REWARD_KINDS: dict[str, tuple[Callable[[str, str], RewardModel], ClipInput]] = {
     "text-adherence": (_text_adherence, ClipInput.AUDIO),
     "quality": (_quality, ClipInput.AUDIO),
     "preference": (_preference, ClipInput.CODES),
+    "clap-preference": (_clap_preference, ClipInput.AUDIO),  # the cheap baseline: a BT head over frozen CLAP
     "low-codes": (_low_codes, ClipInput.CODES),  # analytic://low-codes?vocab_size=128
     "high-codes": (_high_codes, ClipInput.CODES),  # analytic://high-codes?vocab_size=128
     "loudness": (_loudness, ClipInput.AUDIO),  # analytic://loudness
