@@ -213,3 +213,18 @@ def test_the_over_optimisation_alarm_fires_when_a_held_out_reward_falls(tmp_path
     else:
         assert not result.stopped_by_alarm and len(rows) == 24
     assert rows[-1]["held_out/high-codes/mean"] < max(r["held_out/high-codes/mean"] for r in rows)
+
+
+def test_rewards_can_come_from_the_reward_service(tmp_path):
+    from tests.utils.processes import model_server
+
+    env = {"MUSICRL_TEXT_ADHERENCE_URI": "tiny://clap?seed=0"}
+    with model_server("services.rewards", env, tmp_path, "text-adherence", timeout_s=120) as service:
+        rewards = [{"reward": "text-adherence", "uri": "unused: scored by the service", "normalization": "none"}]
+        config = _config(tmp_path / "run", rewards=rewards, reward_service_url=service.http_url,
+                         optim={"steps": 2, "batch_size": 4, "policy_lr": 1e-4})  # fmt: skip
+        train_rl(config)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    assert all(-1 <= r["reward/text-adherence/mean"] <= 1 for r in rows)
+    assert rows[0]["reward/mean"] == rows[0]["reward/text-adherence/mean"]
