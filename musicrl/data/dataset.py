@@ -29,11 +29,32 @@ from google.protobuf.message import Message
 
 from musicrl.bus.subjects import kind_of
 from musicrl.data.event_tables import arrow_schema
+from musicrl.errors import InvalidRequest
 
 
 logger = logging.getLogger(__name__)
 
 PARQUET_COMPRESSION = "zstd"  # ~2x smaller than snappy on these string-heavy rows, and as fast to read
+
+
+def read_snapshot_table(snapshot_url: str, name: str, columns: tuple[str, ...]) -> pa.Table:
+    """The ``columns`` of ``<snapshot_url>/<name>.parquet`` (e.g. ``preferences_train``).
+
+    Raises:
+        InvalidRequest: The file does not exist or lacks one of the columns.
+    """
+    url = join_url(snapshot_url, f"{name}.parquet")
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        raise InvalidRequest(
+            f"{snapshot_url} has no {name}.parquet: point snapshot_url at a snapshot folder ({url} does not exist)"
+        )
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f)
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise InvalidRequest(f"{url} lacks the columns {missing}: it is not a snapshot file")
+    return table.select(list(columns))
 
 
 def join_url(base: str, *parts: str) -> str:

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import fsspec
 import numpy as np
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from musicrl.data.dataset import join_url
+from musicrl.data.dataset import join_url, read_snapshot_table
 from musicrl.errors import InvalidRequest
 from musicrl.rewards.base import check_vocabulary
 from musicrl.rewards.preference_config import TIES
@@ -85,15 +84,7 @@ def read_pairs(snapshot_url: str, split: str, *, ties: str) -> PreferencePairs:
     if ties not in TIES:
         raise InvalidRequest(f"ties must be one of {TIES}, got {ties!r}")
     url = join_url(snapshot_url, f"preferences_{split}.parquet")
-    fs, path = fsspec.core.url_to_fs(url)
-    if not fs.exists(path):
-        raise InvalidRequest(f"{url} does not exist: is {snapshot_url} a snapshot folder (musicrl snapshot)?")
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f)
-    missing = [c for c in PAIR_COLUMNS if c not in table.column_names]
-    if missing:
-        raise InvalidRequest(f"{url} lacks the columns {missing}: it is not a preference snapshot")
-    rows = table.select(list(PAIR_COLUMNS)).to_pylist()
+    rows = read_snapshot_table(snapshot_url, f"preferences_{split}", PAIR_COLUMNS).to_pylist()
     keep_none = [r for r in rows if r["choice"] != "none" and r["label"] is not None]
     is_tie = [r["label"] == 0.5 for r in keep_none]
     kept = [r for r, tie in zip(keep_none, is_tie, strict=True) if ties == "soft" or not tie]

@@ -20,7 +20,6 @@ from typing import Any
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -28,7 +27,7 @@ from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
-from musicrl.data.dataset import join_url, write_durably
+from musicrl.data.dataset import join_url, read_snapshot_table, write_durably
 from musicrl.errors import InvalidRequest
 from musicrl.models.audio import decode_wav
 from musicrl.models.clap_loading import ClapBundle, load_clap
@@ -139,15 +138,7 @@ def read_ratings(snapshot_url: str, split: str) -> pa.Table:
         InvalidRequest: The file is missing or lacks those columns, or a score lies outside 1–5.
     """
     url = join_url(snapshot_url, f"ratings_{split}.parquet")
-    fs, path = fsspec.core.url_to_fs(url)
-    if not fs.exists(path):
-        raise InvalidRequest(f"{snapshot_url} has no ratings_{split}.parquet: point snapshot_url at a snapshot folder")
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f)
-    missing = [c for c in RATING_COLUMNS if c not in table.column_names]
-    if missing:
-        raise InvalidRequest(f"{url} lacks the columns {missing}")
-    table = table.select(list(RATING_COLUMNS))
+    table = read_snapshot_table(snapshot_url, f"ratings_{split}", RATING_COLUMNS)
     scores = table["score"].to_numpy(zero_copy_only=False).astype(np.float64)
     if table.num_rows and not ((scores >= MIN_MOS) & (scores <= MAX_MOS)).all():
         raise InvalidRequest(f"{url} holds scores outside {MIN_MOS:g}..{MAX_MOS:g}")
