@@ -1,9 +1,11 @@
-"""Audio encoding helpers (soundfile; torchaudio does not import beside the CPU torch wheel)."""
+"""Audio helpers: WAV with soundfile and resampling with scipy (torchaudio does not import beside the CPU torch)."""
 
 import io
+import math
 
 import numpy as np
 import soundfile
+from scipy.signal import resample_poly
 
 
 def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
@@ -25,3 +27,21 @@ def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
     """Decode WAV (or any format soundfile reads) to float32 [S] (mono) or [S, C], and its sample rate."""
     audio, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32")
     return audio, int(sample_rate)
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Resample a mono waveform with a polyphase filter (the exact rational ratio, reduced by the gcd).
+
+    Args:
+        audio: float [S] at ``from_rate``.
+        from_rate: Its samples per second.
+        to_rate: The wanted samples per second.
+
+    Returns:
+        float32 [ceil(S * to_rate / from_rate)]; the input itself (as float32) when the rates agree.
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    if from_rate == to_rate:
+        return audio
+    common = math.gcd(from_rate, to_rate)
+    return resample_poly(audio, to_rate // common, from_rate // common).astype(np.float32)

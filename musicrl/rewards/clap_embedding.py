@@ -8,37 +8,18 @@ segment boundary).
 """
 
 import logging
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.signal import resample_poly
 
 from musicrl.errors import InvalidRequest
+from musicrl.models.audio import resample
 from musicrl.models.clap_loading import ClapBundle
 
 
 logger = logging.getLogger(__name__)
-
-
-def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Resample a mono waveform with a polyphase filter (the exact rational ratio, reduced by the gcd).
-
-    Args:
-        audio: float [S] at ``from_rate``.
-        from_rate: Its samples per second.
-        to_rate: The wanted samples per second.
-
-    Returns:
-        float32 [ceil(S * to_rate / from_rate)]; the input itself (as float32) when the rates agree.
-    """
-    audio = np.asarray(audio, dtype=np.float32)
-    if from_rate == to_rate:
-        return audio
-    common = math.gcd(from_rate, to_rate)
-    return resample_poly(audio, to_rate // common, from_rate // common).astype(np.float32)
 
 
 def split_segments(audio: np.ndarray, sample_rate: int, segment_s: float, min_segment_s: float) -> list[np.ndarray]:

@@ -25,18 +25,17 @@ head beside it, and ``musicrl.json`` (kind ``reward/preference``, parent = the i
 
 import json
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import scipy.signal
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import MusicgenForConditionalGeneration, PreTrainedTokenizerBase
 
 from musicrl.errors import IncompatibleModel, InvalidRequest
+from musicrl.models.audio import resample
 from musicrl.models.checkpoint import CheckpointMetadata, read_metadata, save_checkpoint
 from musicrl.models.delay import delay
 from musicrl.models.loading import load_musicgen
@@ -261,7 +260,7 @@ class PreferenceRewardModel(nn.Module):
         encoder = self.backbone.audio_encoder
         out = []
         for clip in audio:
-            wave = _resample(np.asarray(clip, dtype=np.float32), sample_rate, target)
+            wave = resample(clip, sample_rate, target)
             values = torch.from_numpy(wave).to(self.device, encoder.dtype)[None, None]  # [1, 1, S]
             codes = encoder.encode(values).audio_codes  # [1 chunk, 1, K, T]
             out.append(codes[0, 0].cpu().numpy().astype(np.int64))
@@ -305,13 +304,6 @@ def _zero_head(hidden_size: int) -> nn.Linear:
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     return head
-
-
-def _resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
-    if rate == target:
-        return wave
-    common = math.gcd(rate, target)
-    return scipy.signal.resample_poly(wave, target // common, rate // common).astype(np.float32)
 
 
 def load_preference(uri: str, *, device: str = "cpu") -> PreferenceRewardModel:
