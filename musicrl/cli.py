@@ -167,32 +167,17 @@ def _serve_recorder(args: argparse.Namespace) -> None:
 
 
 def _serve_gateway(args: argparse.Namespace) -> None:
-    import uvicorn
+    from musicrl.gateway.app import serve_gateway
 
-    from musicrl.gateway.app import create_app
-
-    config = config_from(GatewayConfig, args=args)
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_config=None, timeout_graceful_shutdown=30)
+    serve_gateway(config_from(GatewayConfig, args=args))
 
 
 def _serve_rewards(args: argparse.Namespace) -> None:
-    import functools
-
-    from musicrl.rewards.registry import load_reward
     from musicrl.serving.server import serve
-    from services.rewards.model import RewardServingModel
+    from services.rewards.model import reward_models
 
     config = config_from(RewardServiceConfig, args=args)
-    models = [
-        RewardServingModel(
-            name,
-            functools.partial(load_reward, name, uri, device=config.device),
-            config.batching,
-            config.max_clips_per_request,
-        )
-        for name, uri in config.models().items()
-    ]
-    serve(models, config.server)
+    serve(reward_models(config), config.server)
 
 
 def _score(args: argparse.Namespace) -> None:

@@ -78,6 +78,13 @@ def create_app(config: GatewayConfig) -> FastAPI:
     return app
 
 
+def serve_gateway(config: GatewayConfig) -> None:
+    """Serve the gateway with uvicorn until SIGINT or SIGTERM (in-flight requests get 30 s to finish)."""
+    import uvicorn
+
+    uvicorn.run(create_app(config), host=config.host, port=config.port, log_config=None, timeout_graceful_shutdown=30)
+
+
 async def _platform_error(request: Request, error: MusicRLError) -> JSONResponse:
     code = next((c for kind, c in STATUS_OF if isinstance(error, kind)), status.HTTP_500_INTERNAL_SERVER_ERROR)
     headers = {}

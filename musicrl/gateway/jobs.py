@@ -14,7 +14,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from nats.js.errors import InvalidKeyError, KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -162,8 +161,3 @@ class JobRunner:
             logger.warning("generation job %s failed: %s", job.id, e)
             job = dataclasses.replace(job, status=JobStatus.FAILED, error=str(e), updated_at=_now())
         await self.kv.put(job.id, job.to_wire())
-
-
-def job_summary(job: Job) -> dict[str, Any]:
-    """Fields of a job that a client sees (see the routes for URLs)."""
-    return {"id": job.id, "status": job.status.value, "prompt": job.prompt, "error": job.error}

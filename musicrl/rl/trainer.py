@@ -23,7 +23,7 @@ from musicrl.errors import IncompatibleModel
 from musicrl.models.conditioning import encode_prompts
 from musicrl.models.engine import GenerationEngine
 from musicrl.models.loading import MusicgenBundle, load_musicgen
-from musicrl.rewards.base import RewardModel
+from musicrl.rewards.base import ClipBatch, RewardModel
 from musicrl.rewards.mixture import RewardMixture
 from musicrl.rewards.registry import load_reward, reads
 from musicrl.rewards.remote import RemoteReward
@@ -141,7 +141,8 @@ class RLTrainer:
         prompts, seeds = self._prompts_and_seeds(step)
         rollout = sample_rollouts(engine, prompts, self.config.sampling, seeds)
         sampled = time.monotonic()
-        total, raw = self.rewards.score(rollout.clip_batch())
+        clips = rollout.clip_batch()  # built once: the mixture and the held-out reward score the same clips
+        total, raw = self.rewards.score(clips)
         inputs = self._inputs(rollout, torch.as_tensor(total, device=rollout.codes.device))
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
@@ -152,7 +153,7 @@ class RLTrainer:
         )
         for optimizer in optimizers:
             optimizer.step()
-        self._record(buffer, output, total, raw, rollout, float(grad_norm))
+        self._record(buffer, output, total, raw, clips, float(grad_norm))
         buffer.add("time/rollout_s", sampled - started)
         buffer.add("time/step_s", time.monotonic() - started)
         buffer.add("trajectories_per_s", len(prompts) / (time.monotonic() - started))
@@ -173,7 +174,7 @@ class RLTrainer:
         output: StepOutput,
         total: np.ndarray,
         raw: dict[str, np.ndarray],
-        rollout: Rollout,
+        clips: ClipBatch,
         grad_norm: float,
     ) -> None:
         terms = output.terms
@@ -181,7 +182,7 @@ class RLTrainer:
         for name, scores in raw.items():
             buffer.add(f"reward/{name}/mean", float(scores.mean()))
         if self.held_out is not None:
-            held = self.held_out.score(rollout.clip_batch())
+            held = self.held_out.score(clips)
             buffer.add(f"held_out/{self.held_out.name}/mean", float(held.mean()))
         buffer.add("kl", terms.kl)
         buffer.add("entropy", output.entropy)

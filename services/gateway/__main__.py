@@ -4,17 +4,14 @@
     MUSICRL_CLIP_STORE_URL=/tmp/clips MUSICRL_SECRET_KEY=... python -m services.gateway
 """
 
-import uvicorn
-
 from musicrl.entrypoint import run_main
-from musicrl.gateway.app import create_app
+from musicrl.gateway.app import serve_gateway
 from musicrl.gateway.config import GatewayConfig
 from musicrl.settings import config_from
 
 
 def main() -> None:
-    config = config_from(GatewayConfig)
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_config=None, timeout_graceful_shutdown=30)
+    serve_gateway(config_from(GatewayConfig))
 
 
 if __name__ == "__main__":

@@ -3,28 +3,16 @@
 MUSICRL_TEXT_ADHERENCE_URI=tiny://clap?seed=0 python -m services.rewards
 """
 
-import functools
-
 from musicrl.config import RewardServiceConfig
 from musicrl.entrypoint import run_main
-from musicrl.rewards.registry import load_reward
 from musicrl.serving.server import serve
 from musicrl.settings import config_from
-from services.rewards.model import RewardServingModel
+from services.rewards.model import reward_models
 
 
 def main() -> None:
     config = config_from(RewardServiceConfig)
-    models = [
-        RewardServingModel(
-            name,
-            functools.partial(load_reward, name, uri, device=config.device),
-            config.batching,
-            config.max_clips_per_request,
-        )
-        for name, uri in config.models().items()
-    ]
-    serve(models, config.server)
+    serve(reward_models(config), config.server)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """One reward as a KServe model: load() builds it on the torch thread, predict() batches clips through it."""
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
-from musicrl.config import BatchingConfig
+from musicrl.config import BatchingConfig, RewardServiceConfig
 from musicrl.errors import ModelNotReady
 from musicrl.rewards.base import RewardModel
+from musicrl.rewards.registry import load_reward
 from musicrl.serving import metrics, reward_api
 from musicrl.serving.batcher import MicroBatcher
 from musicrl.serving.errors import served
@@ -48,3 +50,16 @@ class RewardServingModel(Model):
         if self.batcher is not None:
             self.batcher.close()
         self.ready = False
+
+
+def reward_models(config: RewardServiceConfig) -> list[RewardServingModel]:
+    """One served model per reward the config names."""
+    return [
+        RewardServingModel(
+            name,
+            functools.partial(load_reward, name, uri, device=config.device),
+            config.batching,
+            config.max_clips_per_request,
+        )
+        for name, uri in config.models().items()
+    ]
