@@ -1,8 +1,9 @@
 """The reward service's V2 contract: prompts plus audio or codes in, ``score`` FP32 [B] out.
 
 Inputs: ``prompt`` BYTES [B]; and ``audio`` FP32 [B, S] (zero-padded; ``num_samples`` INT64 [B] gives each
-clip's length) with ``sample_rate`` (INT32 [1] tensor or request parameter), or ``codes`` INT64 [B, K, T]
-(padded with -1, as the generator returns them). The generator's outputs can be passed on unchanged.
+clip's length) with ``sample_rate`` (an integer tensor of shape [1], or [B] whose values all agree, or a
+request parameter), or ``codes`` INT64 [B, K, T] (padded with -1). The generator's outputs (``sample_rate``
+INT32 [B] among them) can be passed on unchanged.
 """
 
 import uuid
@@ -38,21 +39,30 @@ class RewardItem:
 
 
 def metadata_inputs() -> list[dict[str, Any]]:
+    """Input tensor metadata for the V2 model metadata endpoint."""
     return [
         {"name": "prompt", "datatype": "BYTES", "shape": [-1]},
         {"name": "audio", "datatype": "FP32", "shape": [-1, -1]},
         {"name": "num_samples", "datatype": "INT64", "shape": [-1]},
-        {"name": "sample_rate", "datatype": "INT32", "shape": [1]},
+        {"name": "sample_rate", "datatype": "INT32", "shape": [-1]},  # [1] or [B], as the generator returns it
         {"name": "codes", "datatype": "INT64", "shape": [-1, -1, -1]},
     ]
 
 
 def metadata_outputs() -> list[dict[str, Any]]:
+    """Output tensor metadata for the V2 model metadata endpoint."""
     return [{"name": "score", "datatype": "FP32", "shape": [-1]}]
 
 
 def parse_reward_call(payload: InferRequest, max_clips: int) -> list[RewardItem]:
     """Validate a V2 request into one item per clip.
+
+    Args:
+        payload: The V2 request.
+        max_clips: The most clips one request may carry.
+
+    Returns:
+        One item per prompt, in request order.
 
     Raises:
         InvalidRequest: With a sentence naming the problem.
@@ -65,7 +75,7 @@ def parse_reward_call(payload: InferRequest, max_clips: int) -> list[RewardItem]
     if "audio" not in tensors and "codes" not in tensors:
         raise InvalidRequest("send 'audio' (FP32 [B, S]) with its 'sample_rate', or 'codes' (INT64 [B, K, T])")
     audio = _audio(tensors, parameters, len(prompts)) if "audio" in tensors else None
-    sample_rate = _sample_rate(tensors, parameters) if audio is not None else None
+    sample_rate = _sample_rate(tensors, parameters, len(prompts)) if audio is not None else None
     codes = _codes(tensors["codes"], len(prompts)) if "codes" in tensors else None
     ClipBatch(prompts, audio, sample_rate, codes)  # shapes, NaN, sample rate: refused before queueing
     return [
@@ -94,12 +104,16 @@ def _audio(tensors: dict[str, InferInput], parameters: dict[str, Any], rows: int
     return [array[i, : lengths[i]].astype(np.float32) for i in range(rows)]
 
 
-def _sample_rate(tensors: dict[str, InferInput], parameters: dict[str, Any]) -> int:
+def _sample_rate(tensors: dict[str, InferInput], parameters: dict[str, Any], rows: int) -> int:
     if "sample_rate" in tensors:
-        values = set(v2.per_row_numbers(tensors["sample_rate"], 1, int))
-        if len(values) != 1:
-            raise InvalidRequest("every clip of a request must have the same sample_rate")
-        (rate,) = values
+        # [1] for the whole request, or [B] as the generator returns it; one model call takes one rate
+        rates = sorted(set(v2.per_row_numbers(tensors["sample_rate"], rows, int)))
+        if len(rates) != 1:
+            raise InvalidRequest(
+                f"every clip of a request must have the same sample_rate, got {', '.join(f'{r} Hz' for r in rates)}; "
+                "send clips of different rates in separate requests"
+            )
+        (rate,) = rates
     elif "sample_rate" in parameters:
         rate = parameters["sample_rate"]
         if isinstance(rate, str) and rate.isdigit():
@@ -107,7 +121,7 @@ def _sample_rate(tensors: dict[str, InferInput], parameters: dict[str, Any]) -> 
         if not isinstance(rate, int) or isinstance(rate, bool):
             raise InvalidRequest(f"parameter 'sample_rate' must be an integer, got {rate!r}")
     else:
-        raise InvalidRequest("audio needs its 'sample_rate' (an INT32 [1] input or a request parameter)")
+        raise InvalidRequest("audio needs its 'sample_rate' (an INT32 [1] or [B] input, or a request parameter)")
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise InvalidRequest(f"sample_rate {rate} Hz is not supported; use {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz")
     return int(rate)

@@ -23,6 +23,12 @@ pytestmark = pytest.mark.slow
 TEXT = "tiny://clap?seed=0"
 QUALITY = "tiny://quality?seed=0"
 RATE = 16_000
+GENERATOR_ENV = {
+    "MUSICRL_MODEL_URI": "tiny://musicgen?seed=0",
+    "MUSICRL_MAX_DURATION_S": "2",  # short clips: the tiny model decodes them in well under a second
+    "MUSICRL_DURATION_S": "1",  # the default must lie within the maximum, or the server refuses to start
+    "MUSICRL_MAX_QUEUE_DELAY_MS": "10",  # one request per test, so there is nothing to wait for
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +53,12 @@ def service(tmp_path_factory, preference_uri):
         "MUSICRL_MAX_QUEUE_DELAY_MS": "50",
     }
     with model_server("services.rewards", env, tmp_path_factory.mktemp("logs"), "preference", timeout_s=120) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory):
+    with model_server("services.generator", GENERATOR_ENV, tmp_path_factory.mktemp("logs"), "generator") as server:
         yield server
 
 
@@ -89,8 +101,29 @@ def test_grpc_clients_get_the_same_scores(service):
     np.testing.assert_allclose(result.as_numpy("score"), load_reward("quality", QUALITY).score(batch), rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["text-adherence", "quality"])
+def test_the_generators_outputs_are_scored_as_they_come(service, generator, name):
+    prompts = np.array([b"calm piano", b"fast drums", b"warm strings"], dtype=np.object_)
+    durations = np.array([0.5, 1.0, 0.25], dtype=np.float32)  # different lengths, so the audio is padded
+    clips = _infer(generator, "generator", prompt=(prompts, "BYTES"), duration_s=(durations, "FP32"))
+    passed_on = {
+        n: (clips.as_numpy(n), clips.get_output(n)["datatype"]) for n in ("audio", "num_samples", "sample_rate")
+    }
+    assert passed_on["sample_rate"][0].shape == (3,)  # one rate per clip: the shape that used to be refused
+    scores = _infer(service, name, prompt=(prompts, "BYTES"), **passed_on).as_numpy("score")
+    audio, lengths, rates = (passed_on[n][0] for n in ("audio", "num_samples", "sample_rate"))
+    batch = ClipBatch(
+        [p.decode() for p in prompts],
+        audio=[audio[row, : lengths[row]] for row in range(3)],  # [S] each, the padding cut off
+        sample_rate=int(rates[0]),
+    )
+    uri = {"text-adherence": TEXT, "quality": QUALITY}[name]
+    np.testing.assert_allclose(scores, load_reward(name, uri).score(batch), rtol=1e-4, atol=1e-5)
+    assert len(set(scores.tolist())) == 3
+
+
 def _infer(service, model: str, **tensors):
-    client = httpclient.InferenceServerClient(service.http_url)
+    client = httpclient.InferenceServerClient(service.http_url, network_timeout=120)
     inputs = []
     for name, (array, datatype) in tensors.items():
         tensor = httpclient.InferInput(name, list(array.shape), datatype)
@@ -107,6 +140,8 @@ RATE_TENSOR = (np.array([RATE], dtype=np.int32), "INT32")
 GOOD_AUDIO = (np.zeros((1, RATE), np.float32), "FP32")
 LOW_RATE = (np.array([1000], np.int32), "INT32")
 CODES_2D = (np.zeros((1, 4), np.int64), "INT64")
+TWO_PROMPTS = (np.array([b"calm piano", b"fast drums"], dtype=np.object_), "BYTES")
+TWO_RATES = (np.array([32_000, RATE], np.int32), "INT32")  # [B], but the clips disagree
 
 
 @pytest.mark.parametrize(
@@ -126,9 +161,11 @@ CODES_2D = (np.zeros((1, 4), np.int64), "INT64")
         ("preference", {"prompt": PROMPT, "codes": CODES_2D}, "must have shape \\[1, K, T\\]"),
         ("text-adherence", {"prompt": PROMPT, "codes": (np.zeros((1, 4, 10), np.int64), "INT64")}, "scores audio"),
         ("quality", {"prompt": PROMPT}, "send 'audio'"),
+        ("quality", {"prompt": TWO_PROMPTS, "audio": (np.zeros((2, RATE), np.float32), "FP32"),
+                     "sample_rate": TWO_RATES}, "same sample_rate, got 16000 Hz, 32000 Hz"),
     ],
     ids=["audio-1d", "nan", "inf", "no-rate", "bad-rate", "codes-range", "codes-k", "codes-shape", "codes-for-audio",
-         "nothing"],
+         "nothing", "mixed-rates"],
 )  # fmt: skip
 def test_bad_clips_are_a_400_with_a_sentence(service, model, tensors, message):
     with pytest.raises(InferenceServerException) as error:
