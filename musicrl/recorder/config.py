@@ -7,6 +7,11 @@ from musicrl.config import BusConfig
 from musicrl.errors import InvalidRequest
 
 
+# Seconds of ack wait beyond batch_max_wait_s: the first in-progress ack of a batch then lands at least 0.5 s
+# before the deadline, and renewals are at least 0.5 s apart rather than a flood.
+MIN_ACK_MARGIN_S = 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class RecorderConfig:
     """Everything the recorder needs.
@@ -17,8 +22,9 @@ class RecorderConfig:
         durable_name: Name of the durable JetStream consumer; replicas sharing it share the work.
         batch_max_events: Most events written in one batch (one Parquet file per kind and day).
         batch_max_wait_s: Longest a batch collects events before it is written, in seconds.
-        ack_wait_s: Seconds JetStream waits for an acknowledgement before re-delivering a message; it must
-            cover collecting and writing a batch, or batches are re-delivered while being written.
+        ack_wait_s: Seconds JetStream waits for an acknowledgement before re-delivering a message: how long
+            the batch of a crashed recorder stays away. It must cover collecting a batch; a write that takes
+            longer is covered by in-progress acks every ``progress_interval_s``.
         metrics_port: Port of the Prometheus endpoint; 0 disables it.
         metrics_host: Address the Prometheus endpoint binds to.
     """
@@ -28,7 +34,9 @@ class RecorderConfig:
     durable_name: str = "recorder"
     batch_max_events: int = 1000  # ~1 MB of Parquet: few enough files, small enough to write in well under ack_wait
     batch_max_wait_s: float = 2.0  # an event reaches Parquet within ~2 s plus the write
-    ack_wait_s: float = 60.0  # far above a batch write, even a slow object-store put
+    # Seconds. Short, so that a restarted recorder gets a crashed one's batch back within seconds (JetStream's
+    # default is 30 s); slow writes are safe anyway, since in-progress acks renew the wait while they run.
+    ack_wait_s: float = 5.0
     metrics_port: int = 9102  # next to the generator's 8080/8081; Prometheus' exporter range starts at 9100
     metrics_host: str = "127.0.0.1"  # loopback locally; the chart sets 0.0.0.0 inside the pod
 
@@ -43,13 +51,22 @@ class RecorderConfig:
             raise InvalidRequest(f"batch_max_events must be >= 1, got {self.batch_max_events}")
         if not (math.isfinite(self.batch_max_wait_s) and self.batch_max_wait_s > 0):
             raise InvalidRequest(f"batch_max_wait_s must be a positive number of seconds, got {self.batch_max_wait_s}")
-        if not (math.isfinite(self.ack_wait_s) and self.ack_wait_s > self.batch_max_wait_s):
+        if not (math.isfinite(self.ack_wait_s) and self.ack_wait_s >= self.batch_max_wait_s + MIN_ACK_MARGIN_S):
             raise InvalidRequest(
-                f"ack_wait_s ({self.ack_wait_s}) must exceed batch_max_wait_s ({self.batch_max_wait_s}) with room "
-                "for the write, or every batch is re-delivered while it is being written; raise ack_wait_s"
+                f"ack_wait_s ({self.ack_wait_s}) must exceed batch_max_wait_s ({self.batch_max_wait_s}) by at least "
+                f"{MIN_ACK_MARGIN_S} s, or a batch is re-delivered before its first in-progress ack; raise ack_wait_s"
             )
         if not 0 <= self.metrics_port <= 65535:
             raise InvalidRequest(f"metrics_port must be between 0 and 65535 (0 disables it), got {self.metrics_port}")
+
+    @property
+    def progress_interval_s(self) -> float:
+        """Seconds between in-progress acks of a batch being written.
+
+        A message may have waited ``batch_max_wait_s`` before its batch's write starts; half of what the ack
+        wait leaves after that is the interval, so a renewal that arrives late still arrives in time.
+        """
+        return (self.ack_wait_s - self.batch_max_wait_s) / 2
 
     @property
     def max_ack_pending(self) -> int:

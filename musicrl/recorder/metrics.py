@@ -18,6 +18,10 @@ DEAD_LETTERS = Counter(
 WRITE_FAILURES = Counter(
     "musicrl_recorder_write_failures_total", "Batches whose write failed; their events are re-delivered."
 )
+BATCH_RENEWALS = Counter(
+    "musicrl_recorder_batch_renewals_total",
+    "Rounds of in-progress acks sent for batches still being written; a rising count means slow writes.",
+)
 CONSUMER_PENDING = Gauge(
     "musicrl_recorder_consumer_pending", "Events in the stream the recorder has not fetched yet (consumer lag)."
 )

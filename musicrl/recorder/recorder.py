@@ -1,10 +1,12 @@
 """The recorder: a durable JetStream pull consumer that writes events in batches to Parquet.
 
 Delivery is at least once, on purpose. A batch is acknowledged only after every one of its Parquet files
-is durable (see ``musicrl.data.dataset``). A crash between the write and the acknowledgement makes
-JetStream re-deliver the batch after ``ack_wait_s``, and it is written a second time: the dataset may hold
-duplicate rows, which every reader (the snapshot) drops by ``event_id``. What the recorder never does is
-acknowledge an event that is not on disk.
+is durable (see ``musicrl.data.dataset``). A crash before the acknowledgement makes JetStream re-deliver
+the batch after ``ack_wait_s`` (a few seconds, so a restarted recorder soon catches up); if the crash came
+after the write, the batch is written a second time: the dataset may hold duplicate rows, which every
+reader (the snapshot) drops by ``event_id``. What the recorder never does is acknowledge an event that is
+not on disk. While a batch is being written, in-progress acks renew its ack wait, so a write slower than
+``ack_wait_s`` is not re-delivered (to another replica) while it is still running.
 
 Undecodable messages (garbage bytes, an unknown kind, an invalid header) are published, bytes unchanged,
 to ``musicrl.dlq.v1.<kind>`` with the reason in the ``Musicrl-Dlq-Reason`` header and the message id
@@ -22,7 +24,7 @@ import datetime
 import logging
 import signal
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 
 import nats.errors
 import nats.js.errors
@@ -81,17 +83,19 @@ class Recorder:
         """Create (or update) the streams and the durable consumer, then bind a pull subscription to it."""
         await self.unsubscribe()
         await ensure_streams(self.js, self.config.bus)
-        # add_consumer creates the consumer or updates its settings; pull_subscribe would mutate our config.
+        # add_consumer creates the consumer or updates its settings (so a consumer left with an older, longer
+        # ack wait takes the new one); pull_subscribe would mutate our config.
         await self.js.add_consumer(self.config.bus.stream_name, config=self.consumer_config())
         self.subscription = await self.js.pull_subscribe_bind(
             durable=self.config.durable_name, stream=self.config.bus.stream_name
         )
         logger.info(
-            "consuming %s.> from stream %s as %s into %s",
+            "consuming %s.> from stream %s as %s into %s (ack wait %.1f s)",
             SUBJECT_PREFIX,
             self.config.bus.stream_name,
             self.config.durable_name,
             self.config.dataset_url,
+            self.config.ack_wait_s,
         )
 
     async def unsubscribe(self) -> None:
@@ -164,14 +168,27 @@ class Recorder:
     async def process(self, msgs: list[Msg]) -> None:
         """Write the valid events of ``msgs`` and ack them; dead-letter the others and ack those."""
         batch = sort_batch(msgs, datetime.datetime.now(datetime.UTC))
-        if batch.recorded and await self.write(batch):
-            await _ack_all(batch.recorded)
-            metrics.LAST_WRITE.set(time.time())
+        if batch.recorded:
+            # Renewals stop before the ack or nak below, so none is sent for a settled message.
+            async with _kept_in_progress(msgs, self.config.progress_interval_s):
+                written = await self.write(batch)
+            if written:
+                await _ack_all(batch.recorded)
+                metrics.LAST_WRITE.set(time.time())
+            else:
+                await asyncio.gather(*(_settle(m, m.nak(delay=NAK_DELAY_S)) for m in batch.recorded))
         for dead in batch.dead:
             await self.dead_letter(dead)
 
     async def write(self, batch: Batch) -> bool:
-        """Write the batch's files durably (in a worker thread); False, with the batch nak'ed, if that failed."""
+        """Write the batch's files durably (in a worker thread).
+
+        Args:
+            batch: The sorted batch.
+
+        Returns:
+            True once every file is durable; False if a write failed (the caller naks the batch).
+        """
         started = time.monotonic()
         try:
             written = await asyncio.to_thread(write_batch, self.config.dataset_url, batch)
@@ -182,7 +199,6 @@ class Recorder:
                 len(batch.recorded),
                 self.config.dataset_url,
             )
-            await asyncio.gather(*(_settle(m, m.nak(delay=NAK_DELAY_S)) for m in batch.recorded))
             return False
         elapsed = time.monotonic() - started
         metrics.BATCH_WRITE_SECONDS.observe(elapsed)
@@ -223,12 +239,42 @@ class Recorder:
         metrics.CONSUMER_ACK_PENDING.set(info.num_ack_pending or 0)
 
 
+@contextlib.asynccontextmanager
+async def _kept_in_progress(msgs: Sequence[Msg], interval_s: float) -> AsyncIterator[None]:
+    """Send an in-progress ack (``+WPI``) for every one of ``msgs`` each ``interval_s`` until the block exits.
+
+    Each one restarts the message's ack wait, so a write slower than ``ack_wait_s`` keeps its batch instead
+    of JetStream handing the batch to another replica (a duplicate) while it is still being written.
+    """
+    started = time.monotonic()
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await asyncio.gather(*(_settle(m, m.in_progress()) for m in msgs))
+            metrics.BATCH_RENEWALS.inc()
+            logger.info(
+                "batch of %d events still being written after %.1f s; renewed its ack wait",
+                len(msgs),
+                time.monotonic() - started,
+            )
+
+    task = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def _ack_all(msgs: list[Msg]) -> None:
     await asyncio.gather(*(_settle(m, m.ack()) for m in msgs))
 
 
 async def _settle(msg: Msg, reply: Awaitable[None]) -> None:
-    """Await an ack or nak; a lost one only means a re-delivery (a duplicate row), so it is logged, not raised."""
+    """Await an ack, nak or in-progress ack; a lost one only means a re-delivery (a duplicate row), so it is
+    logged, not raised."""
     try:
         await reply
     except nats.errors.Error as e:

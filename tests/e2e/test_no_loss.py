@@ -31,8 +31,7 @@ def test_no_accepted_preference_is_lost_through_crashes_and_a_bus_restart(tmp_pa
             platform.nats.url,
             platform.dataset_dir,
             tmp_path,
-            MUSICRL_BATCH_MAX_WAIT_S="0.5",
-            MUSICRL_ACK_WAIT_S="5",  # a killed recorder's batch comes back within seconds
+            MUSICRL_BATCH_MAX_WAIT_S="0.5",  # short batches; the default ack wait brings a killed one back in seconds
         ).start()
         try:
             comparisons = [_comparison(platform, i) for i in range(COMPARISONS)]

@@ -2,18 +2,27 @@
 
 import asyncio
 import collections
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import fsspec
+import nats.js.errors
+import prometheus_client
 import pytest
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractFileSystem
 from google.protobuf.message import Message
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from musicrl.bus.connection import connect, ensure_streams
 from musicrl.bus.local_server import LocalNatsServer
 from musicrl.bus.publisher import EventPublisher
 from musicrl.bus.subjects import EVENT_TYPES, kind_of
 from musicrl.config import BusConfig
+from musicrl.recorder.config import RecorderConfig
+from musicrl.recorder.recorder import record
 from musicrl.v1 import events_pb2
 from tests.utils import events
 from tests.utils.recorder import RecorderProcess, metric_value, recorded_event_ids
@@ -23,8 +32,11 @@ pytestmark = pytest.mark.slow
 
 FAST = {
     "MUSICRL_BATCH_MAX_WAIT_S": "0.2",  # batches close quickly, so tests wait fractions of a second
-    "MUSICRL_ACK_WAIT_S": "2",  # a killed recorder's batch comes back after 2 s instead of 60
+    "MUSICRL_ACK_WAIT_S": "2",  # a killed recorder's batch comes back after 2 s
 }
+DEFAULT_ACK_WAIT_S = next(f.default for f in dataclasses.fields(RecorderConfig) if f.name == "ack_wait_s")
+OLD_ACK_WAIT_S = 60.0  # what recorders used to set, and what the consumers they created still hold
+REDELIVERY_BOUND_S = 20.0  # generous, yet far below what the old ack wait allowed
 
 
 @pytest.fixture
@@ -146,6 +158,131 @@ def test_a_killed_recorder_loses_nothing(nats_server, recorder, tmp_path):
     counts = collections.Counter(recorded_event_ids(dataset))
     assert set(counts) == set(published)  # duplicates are allowed, losses are not
     assert recorder.terminate() == 0
+
+
+def test_a_batch_held_by_a_killed_recorder_is_written_within_seconds(nats_server, tmp_path):
+    dataset = tmp_path / "dataset"
+    # The default ack wait; batches collect for 3 s, so a kill is likely to land while one is in hand.
+    recorder = RecorderProcess(nats_server.url, dataset, tmp_path, MUSICRL_BATCH_MAX_WAIT_S="3")
+
+    async def scenario() -> tuple[set[str], float]:
+        nc, js, publisher = await _publisher(nats_server.url)
+        await js.add_consumer("MUSICRL", config=_consumer_left_by_an_older_recorder())
+        recorder.start()
+        await _wait_until(lambda: "consuming musicrl.v1.>" in recorder.logs(), "the consumer set up", recorder)
+        assert (await js.consumer_info("MUSICRL", "recorder")).config.ack_wait == DEFAULT_ACK_WAIT_S  # updated
+        published: set[str] = set()
+        for _ in range(5):  # a batch written just before the kill is not the case under test: try again
+            batch = _mixed_events(30)
+            for event in batch:
+                await publisher.publish(event)
+            published |= {e.header.event_id for e in batch}
+            await _wait_for_ack_pending(js, len(batch), recorder)  # the recorder holds the batch, unacknowledged
+            recorder.kill()
+            killed_at = time.monotonic()
+            await asyncio.sleep(0.2)  # acks already on the wire would arrive by now
+            if (await js.consumer_info("MUSICRL", "recorder")).num_ack_pending >= len(batch):
+                break
+            recorder.start()
+        else:
+            raise AssertionError(f"never killed the recorder while it held a batch; log:\n{recorder.logs()}")
+        recorder.start()
+        await _wait_until(
+            lambda: set(recorded_event_ids(dataset)) == published,
+            "the killed recorder's batch written by its successor",
+            recorder,
+            timeout_s=REDELIVERY_BOUND_S,
+        )
+        await nc.close()
+        return published, time.monotonic() - killed_at
+
+    try:
+        published, caught_up_s = asyncio.run(scenario())
+        assert caught_up_s < REDELIVERY_BOUND_S < OLD_ACK_WAIT_S
+        assert set(recorded_event_ids(dataset)) == published  # nothing lost
+        assert recorder.terminate() == 0
+    finally:
+        recorder.close()
+
+
+class SlowStore(AbstractFileSystem):
+    """A local folder behind ``slowstore://`` whose every file write first waits ``delay_s``: a slow object store.
+
+    It is not a ``LocalFileSystem``, so the recorder writes through ``pipe_file``, as it does to S3.
+    """
+
+    protocol = "slowstore"
+    delay_s = 0.0
+
+    def pipe_file(self, path, value, mode="overwrite", **kwargs):
+        time.sleep(self.delay_s)
+        LocalFileSystem(auto_mkdir=True).pipe_file(path, value, mode=mode, **kwargs)
+
+
+def test_a_write_slower_than_the_ack_wait_is_not_redelivered_to_another_replica(nats_server, tmp_path):
+    bus = BusConfig(nats_url=nats_server.url)
+    slow_replica = RecorderConfig(
+        dataset_url=f"slowstore://{tmp_path / 'slow'}", bus=bus, batch_max_wait_s=0.2, ack_wait_s=2.0, metrics_port=0
+    )
+    other_replica = dataclasses.replace(slow_replica, dataset_url=str(tmp_path / "other"))
+    fsspec.register_implementation("slowstore", SlowStore, clobber=True)
+    SlowStore.delay_s = 3 * slow_replica.ack_wait_s  # the batch's one file takes three ack waits to write
+    ratings = [events.rating(f"clip-{i}", 1 + i % 5) for i in range(20)]  # one kind, one day: one file
+    renewals_before = prometheus_client.REGISTRY.get_sample_value("musicrl_recorder_batch_renewals_total") or 0
+
+    async def scenario():
+        nc, js, publisher = await _publisher(nats_server.url)
+        for event in ratings:
+            await publisher.publish(event)
+        stop = asyncio.Event()
+        slow = asyncio.create_task(record(slow_replica, stop))
+        await _wait_for_ack_pending(js, len(ratings))  # the slow replica holds every event
+        other = asyncio.create_task(record(other_replica, stop))  # waits for work: a re-delivery would reach it
+        deadline = time.monotonic() + SlowStore.delay_s + 10
+        while len(recorded_event_ids(tmp_path / "slow")) < len(ratings):
+            assert time.monotonic() < deadline, "the slow write never finished"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(slow_replica.ack_wait_s + 1)  # room for any late re-delivery to show
+        info = await js.consumer_info("MUSICRL", "recorder")
+        stop.set()
+        await asyncio.gather(slow, other)
+        await nc.close()
+        return info
+
+    info = asyncio.run(scenario())
+    counts = collections.Counter(recorded_event_ids(tmp_path / "slow"))
+    assert set(counts) == {e.header.event_id for e in ratings} and set(counts.values()) == {1}
+    assert recorded_event_ids(tmp_path / "other") == []  # the other replica never got a message being written
+    assert info.delivered.consumer_seq == len(ratings)  # each event delivered once: no re-delivery at all
+    assert (info.num_ack_pending, info.num_redelivered) == (0, 0)
+    renewals = prometheus_client.REGISTRY.get_sample_value("musicrl_recorder_batch_renewals_total") or 0
+    assert renewals - renewals_before >= 3  # the write outlasted three ack waits on in-progress acks alone
+
+
+def _consumer_left_by_an_older_recorder() -> ConsumerConfig:
+    return ConsumerConfig(
+        name="recorder",
+        durable_name="recorder",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=OLD_ACK_WAIT_S,
+        max_ack_pending=2000,
+        filter_subject="musicrl.v1.>",
+    )
+
+
+async def _wait_for_ack_pending(js, count: int, recorder: RecorderProcess | None = None, timeout_s: float = 20):
+    """Wait until the consumer has at least ``count`` messages delivered and not yet acknowledged."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if (await js.consumer_info("MUSICRL", "recorder")).num_ack_pending >= count:
+                return
+        except nats.js.errors.NotFoundError:  # the recorder has not created its consumer yet
+            pass
+        logs = recorder.logs() if recorder else ""
+        assert time.monotonic() < deadline, f"{count} messages never pending acknowledgement; log:\n{logs}"
+        await asyncio.sleep(0.02)
 
 
 def test_the_recorder_rides_out_a_server_restart(nats_server, recorder, tmp_path):

@@ -31,6 +31,7 @@ def test_the_dataset_url_is_required():
     ("overrides", "message"),
     [
         ({"ack_wait_s": 1.0, "batch_max_wait_s": 2.0}, "ack_wait_s .* must exceed batch_max_wait_s"),
+        ({"ack_wait_s": 2.5, "batch_max_wait_s": 2.0}, r"must exceed batch_max_wait_s \(2.0\) by at least 1.0 s"),
         ({"batch_max_events": 0}, "batch_max_events must be >= 1"),
         ({"durable_name": "a.b"}, "durable_name must be"),
         ({"metrics_port": 70000}, "metrics_port must be between"),
@@ -41,3 +42,13 @@ def test_bad_settings_are_refused_with_a_sentence(overrides, message):
 
     with pytest.raises(InvalidRequest, match=message):
         RecorderConfig(dataset_url="/tmp/x", bus=BusConfig(nats_url="nats://n:4222"), **overrides)
+
+
+def test_a_crashed_recorders_batch_returns_within_seconds_and_slow_writes_are_renewed_in_time():
+    from musicrl.config import BusConfig
+
+    config = RecorderConfig(dataset_url="/tmp/x", bus=BusConfig(nats_url="nats://n:4222"))
+    assert config.ack_wait_s <= 10  # JetStream re-delivers a crashed recorder's batch after this long
+    # A message waits up to batch_max_wait_s before its write starts; the first renewal must still beat the deadline.
+    assert config.batch_max_wait_s + config.progress_interval_s < config.ack_wait_s
+    assert config.progress_interval_s >= 0.5  # not a flood of in-progress acks
