@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # nats-server, the generator, the recorder and the gateway on loopback; the page at http://127.0.0.1:8000/
 run: setup
-	$(PY) -m musicrl up --model '$(RUN_MODEL)'
+	$(PY) -m musicrl up --model-uri '$(RUN_MODEL)'
 
 # lint is part of test, so CI (which runs `make test`) enforces it
 test: setup lint
