@@ -135,6 +135,9 @@ def _generate(args: argparse.Namespace) -> None:
     from musicrl.models.audio import encode_wav
     from musicrl.models.engine import GenerationEngine, GenerationRequest
 
+    if not args.prompt.strip():
+        # the generator server refuses it too: an empty prompt conditions on padding alone, so the clip means nothing
+        raise InvalidRequest('the prompt is empty; describe the music, e.g. musicrl generate "a calm piano melody"')
     params = config_from(SamplingParams, args=args)
     engine = GenerationEngine.from_uri(args.model_uri, config_from(EngineConfig, args=args))
     seed = args.seed if args.seed is not None else secrets.randbelow(2**63)
@@ -249,6 +252,8 @@ def _dataset_snapshot(args: argparse.Namespace) -> None:
     logger.info("snapshot %s (%s)", result.uri, "written" if result.created else "already there")
     logger.info("preferences: %s", result.preferences)
     logger.info("ratings: %s", result.ratings)
+    # stdout, not the log: the folder is the command's output (SNAP=$(musicrl dataset snapshot ...) in a script)
+    sys.stdout.write(result.uri + "\n")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 import json
 import logging
 import os
+import re
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,9 @@ import soundfile
 
 from musicrl.cli import main
 from musicrl.gateway.auth import ApiKey
+from musicrl.v1 import events_pb2
+from tests.utils.events import listened_pair, write_dataset
+from tests.utils.processes import REPO_ROOT, free_port
 from tests.utils.tiny_models import TINY_MUSICGEN_URI
 
 
@@ -214,3 +219,54 @@ def test_score_refuses_an_unknown_reward(tmp_path, caplog):
         main(["score", "--reward", "vibes", "--model", "x", "--prompt", "x", "--codes", str(codes)])
     assert exited.value.code == 2
     assert "unknown reward 'vibes'" in caplog.text
+
+
+@pytest.mark.parametrize("prompt", ["", " \t\n"])
+@pytest.mark.usefixtures("_no_musicrl_env")
+def test_generate_refuses_an_empty_prompt_with_a_sentence(
+    prompt: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    status = _run_cli(["generate", prompt, "--model", TINY_MUSICGEN_URI, "-o", str(tmp_path / "x.wav")])
+
+    assert status == 2  # InvalidRequest's exit code
+    assert _errors(caplog) == ['the prompt is empty; describe the music, e.g. musicrl generate "a calm piano melody"']
+    assert not (tmp_path / "x.wav").exists()
+
+
+@pytest.mark.usefixtures("_no_musicrl_env")
+def test_up_names_a_taken_port_and_starts_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ports = {flag: str(free_port()) for flag in ("--generator-http-port", "--generator-grpc-port", "--nats-port")}
+    ports["--recorder-metrics-port"] = str(free_port())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        gateway_port = taken.getsockname()[1]
+        argv = ["up", "--state-dir", str(tmp_path / "state"), "--gateway-port", str(gateway_port)]
+        status = _run_cli(argv + [arg for pair in ports.items() for arg in pair])
+
+    assert status == 1
+    assert _errors(caplog) == [f"port {gateway_port} is in use (gateway); stop what uses it or pass --gateway-port"]
+    assert not (tmp_path / "state").exists()  # checked before anything was started or written
+
+
+def test_make_run_passes_only_flags_that_musicrl_up_defines(capsys: pytest.CaptureFixture[str]) -> None:
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    (command,) = [line for line in makefile.splitlines() if "-m musicrl up" in line]
+    assert _run_cli(["up", "--help"]) == 0
+    defined = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", capsys.readouterr().out))
+
+    passed = re.findall(r"(?<!\S)--[a-z][a-z0-9-]*", command)
+    assert passed and set(passed) <= defined  # the exact names: argparse would also take a prefix such as --model
+
+
+@pytest.mark.usefixtures("_no_musicrl_env")
+def test_dataset_snapshot_prints_its_folder_on_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = tmp_path / "events"
+    write_dataset(dataset, listened_pair("c1", "lofi piano with rain", events_pb2.CHOICE_A))
+    argv = ["dataset", "snapshot", "--dataset", str(dataset), "--out", str(tmp_path / "out")]
+
+    assert _run_cli(argv) == 0
+    (folder,) = (tmp_path / "out").iterdir()
+    assert capsys.readouterr().out == f"{folder}\n"
+    assert _run_cli(argv) == 0  # the same snapshot again: already there, same folder printed
+    assert capsys.readouterr().out == f"{folder}\n"
