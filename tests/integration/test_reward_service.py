@@ -163,9 +163,11 @@ TWO_RATES = (np.array([32_000, RATE], np.int32), "INT32")  # [B], but the clips 
         ("quality", {"prompt": PROMPT}, "send 'audio'"),
         ("quality", {"prompt": TWO_PROMPTS, "audio": (np.zeros((2, RATE), np.float32), "FP32"),
                      "sample_rate": TWO_RATES}, "same sample_rate, got 16000 Hz, 32000 Hz"),
+        ("quality", {"prompt": TWO_PROMPTS, "audio": (np.zeros((2, RATE), np.float32), "FP32"),
+                     "sample_rate": (np.full(3, RATE, np.int32), "INT32")}, r"'sample_rate' must have shape \[2\]"),
     ],
     ids=["audio-1d", "nan", "inf", "no-rate", "bad-rate", "codes-range", "codes-k", "codes-shape", "codes-for-audio",
-         "nothing", "mixed-rates"],
+         "nothing", "mixed-rates", "rates-for-3-clips"],
 )  # fmt: skip
 def test_bad_clips_are_a_400_with_a_sentence(service, model, tensors, message):
     with pytest.raises(InferenceServerException) as error:
