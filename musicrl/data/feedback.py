@@ -120,15 +120,24 @@ def _first_per(table: pa.Table, key: str) -> pa.Table:
     return _pick_per(_in_time_order(drop_duplicates(table)), [key], pick="min")
 
 
-def _listening(playback: pa.Table, min_listened_ms: int) -> pa.Table:
+def _listening(playback: pa.Table, clips: pa.Table, min_listened_ms: int, min_listened_share: float) -> pa.Table:
     """Per (comparison, clip, user): the longest playback report and whether any counts as listened.
 
     ``listened_ms`` is already summed over seeks and replays by the client, so reports are not added up
     (a client that reports cumulative totals would be double counted); the longest is the best figure.
+    A report counts when it reached the end, or lasted ``min_listened_share`` of the clip and
+    ``min_listened_ms`` (and more than 0 ms); a clip with no known length needs only the latter.
     """
     playback = drop_duplicates(playback)
-    threshold = max(min_listened_ms, 1)  # listened_ms > 0 always, and >= min_listened_ms
-    listened = pc.or_(playback["completed"], pc.greater_equal(playback["listened_ms"], threshold))
+    lengths = clips.select(["clip_id", "duration_s"]).rename_columns(["clip_id", "_duration_s"])
+    playback = playback.join(lengths, keys="clip_id", join_type="left outer", use_threads=False)
+    # whole milliseconds, rounded down: durations are float32 in events, and the gateway tells listeners the
+    # share rounded up, so a listener who played what they were told always counts
+    share_ms = pc.floor(pc.multiply(pc.fill_null(playback["_duration_s"], 0.0), min_listened_share * 1000.0))
+    threshold = pc.max_element_wise(share_ms, pa.scalar(float(max(min_listened_ms, 1))))
+    listened = pc.or_(
+        playback["completed"], pc.greater_equal(pc.cast(playback["listened_ms"], pa.float64()), threshold)
+    )
     playback = playback.append_column("_listened", listened)
     grouped = playback.group_by(["comparison_id", "clip_id", "user_id"], use_threads=False).aggregate(
         [("listened_ms", "max"), ("_listened", "any")]
@@ -173,6 +182,7 @@ def build_preferences(
     *,
     require_listened: bool,
     min_listened_ms: int,
+    min_listened_share: float,
     keep_ties: bool,
     keep_none: bool,
 ) -> tuple[pa.Table, PreferenceCounts]:
@@ -184,6 +194,7 @@ def build_preferences(
         require_listened: Drop pairs unless the user listened to both clips (MusicRL's filter).
         min_listened_ms: A playback of at least this many ms (and more than 0) counts as listening;
             a completed playback always does.
+        min_listened_share: Such a playback must also last this share of the clip's ``duration_s``.
         keep_ties: Keep ``tie`` answers (label 0.5).
         keep_none: Keep ``none`` answers (no trophy; label null).
 
@@ -199,7 +210,7 @@ def build_preferences(
     pairs = _with_clip(_with_clip(pairs, clips, "a"), clips, "b")
     pairs, counts.unknown_clip = _drop_where(pairs, pc.or_(pc.is_null(pairs["_clip_a"]), pc.is_null(pairs["_clip_b"])))
     pairs, counts.invalid_choice = _drop_where(pairs, pc.invert(pc.is_in(pairs["choice"], pa.array(CHOICES))))
-    listening = _listening(tables["playback"], min_listened_ms)
+    listening = _listening(tables["playback"], clips, min_listened_ms, min_listened_share)
     pairs = _with_listening(_with_listening(pairs, listening, "a"), listening, "b")
     if require_listened:
         both = pc.and_(pc.fill_null(pairs["_a_ok"], False), pc.fill_null(pairs["_b_ok"], False))

@@ -128,6 +128,7 @@ def build_snapshot_tables(
         tables,
         require_listened=config.require_listened,
         min_listened_ms=config.min_listened_ms,
+        min_listened_share=config.min_listened_share,
         keep_ties=config.ties == "keep",
         keep_none=config.none == "keep",
     )

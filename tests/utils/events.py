@@ -96,14 +96,14 @@ def rollout(percent: float) -> Message:
 
 def listened_pair(comparison_id: str, prompt: str, choice: int, *, user: str = "u1", minutes: float = 3) -> list:
     """Everything one fully listened preference needs, in this order: generations of clips A and B, the
-    comparison, playbacks of A (completed) and B (4 s, not completed), the answer."""
+    comparison, playbacks of A (completed) and B (6 s of 10 s, not completed), the answer."""
     a, b = f"{comparison_id}-a", f"{comparison_id}-b"
     return [
         generation(a, prompt),
         generation(b, prompt, version="v2"),
         comparison(comparison_id, prompt, a, b, user=user),
         playback(comparison_id, a, 10_000, user=user, completed=True),
-        playback(comparison_id, b, 4_000, user=user),
+        playback(comparison_id, b, 6_000, user=user),
         preference(comparison_id, choice, user=user, minutes=minutes),
     ]
 

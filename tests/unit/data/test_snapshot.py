@@ -91,7 +91,7 @@ def test_joins_and_filters_keep_only_listened_answers(dataset, tmp_path):
     assert c1["clip_b_codes_uri"] == "s3://musicrl/clips/c1-b.codes.npy"
     assert (c1["clip_a_policy_model_uri"], c1["clip_a_policy_version"]) == ("s3://p/v1", "v1")
     assert (c1["clip_b_policy_model_uri"], c1["clip_b_policy_version"]) == ("s3://p/v2", "v2")
-    assert (c1["a_listened_ms"], c1["b_listened_ms"]) == (10_000, 4_000)
+    assert (c1["a_listened_ms"], c1["b_listened_ms"]) == (10_000, 6_000)
     assert c1["occurred_at"] == events.at(3)
     assert c1["split"] == split_of("lofi piano with rain", SnapshotConfig())
     assert rows["c2"]["label"] == 0.0
@@ -131,11 +131,26 @@ def test_listening_rule_can_be_relaxed_or_tightened(dataset, tmp_path):
     assert rows["c3"]["b_listened_ms"] == 0  # never played
     assert rows["c5"]["a_listened_ms"] == 0  # u1's playbacks do not count for u2
     assert relaxed.preferences.not_listened == 0
-    # clip B of every pair was played 4 s without reaching the end: a 5 s minimum drops them all (c1-c7;
-    # the listening rule comes before the tie and none rules)
-    strict = create_snapshot(str(dataset), str(tmp_path / "out"), SnapshotConfig(min_listened_ms=5_000))
-    assert _preferences(strict.uri) == {}
-    assert strict.preferences.not_listened == 7
+    # clip B of every pair was played 6 s of 10 s without reaching the end: a 7 s minimum drops them all
+    # (c1-c7; the listening rule comes before the tie and none rules), and so does a share of 70%
+    for strict_config in (SnapshotConfig(min_listened_ms=7_000), SnapshotConfig(min_listened_share=0.7)):
+        strict = create_snapshot(str(dataset), str(tmp_path / "out"), strict_config)
+        assert _preferences(strict.uri) == {}
+        assert strict.preferences.not_listened == 7
+
+
+def test_a_playback_must_cover_a_share_of_its_clip_unless_it_reached_the_end(tmp_path):
+    pair = events.listened_pair("c1", "lofi", A)
+    pair[4] = events.playback("c1", "c1-b", 4_000)  # 40% of the 10 s clip: under the default half
+    short = tmp_path / "short"
+    events.write_dataset(short, pair)
+    assert create_snapshot(str(short), str(tmp_path / "out"), SnapshotConfig()).preferences.not_listened == 1
+    relaxed = create_snapshot(str(short), str(tmp_path / "out"), SnapshotConfig(min_listened_share=0.4))
+    assert sorted(_preferences(relaxed.uri)) == ["c1"]
+    pair[4] = events.playback("c1", "c1-b", 1, completed=True)  # a 1 ms report that reached the end counts
+    ended = tmp_path / "ended"
+    events.write_dataset(ended, pair)
+    assert sorted(_preferences(create_snapshot(str(ended), str(tmp_path / "out2"), SnapshotConfig()).uri)) == ["c1"]
 
 
 def test_ties_and_none_are_kept_on_request(dataset, tmp_path):
@@ -238,6 +253,7 @@ def test_cli_flags_reach_the_snapshot(dataset, tmp_path, caplog, capsys):
     assert manifest["config"] == {
         "require_listened": False,
         "min_listened_ms": 10,
+        "min_listened_share": 0.5,
         "ties": "keep",
         "none": "drop",
         "eval_fraction": 0.1,
