@@ -5,6 +5,7 @@ import sys
 from collections.abc import Callable
 
 from musicrl.errors import MusicRLError
+from musicrl.logs import configure_logging
 
 
 logger = logging.getLogger("musicrl")
@@ -16,9 +17,7 @@ def run_main(main: Callable[[], None]) -> None:
     Args:
         main: The process's work.
     """
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging()
     _quiet_known_noise()
     try:
         main()

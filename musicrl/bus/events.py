@@ -7,10 +7,11 @@ from google.protobuf.message import DecodeError, Message
 
 from musicrl.bus.subjects import EVENT_TYPES, SUBJECT_PREFIX, kind_of
 from musicrl.errors import InvalidRequest
+from musicrl.logs import current_request_id
 from musicrl.v1 import events_pb2
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: request_id in the header, page_session on feedback events
 EVENT_TYPES_BY_KIND: dict[str, type[Message]] = {kind_of(t): t for t in EVENT_TYPES}
 
 
@@ -19,8 +20,11 @@ class InvalidEvent(InvalidRequest):
 
 
 def new_header(event_id: str | None = None, occurred_at: datetime.datetime | None = None) -> events_pb2.EventHeader:
-    """An event header with a fresh UUID (or ``event_id``) and the current UTC time (or ``occurred_at``)."""
-    header = events_pb2.EventHeader(event_id=event_id or str(uuid.uuid4()), schema_version=SCHEMA_VERSION)
+    """An event header with a fresh UUID (or ``event_id``), the current UTC time (or ``occurred_at``) and the
+    id of the request being served, if any (:func:`musicrl.logs.current_request_id`)."""
+    header = events_pb2.EventHeader(
+        event_id=event_id or str(uuid.uuid4()), schema_version=SCHEMA_VERSION, request_id=current_request_id()
+    )
     header.occurred_at.FromDatetime(occurred_at or datetime.datetime.now(datetime.UTC))
     return header
 

@@ -1,29 +1,22 @@
-"""The gateway's FastAPI application: routers, error replies, request metrics, lifespan."""
+"""The gateway's FastAPI application: routers, error replies, middleware, request metrics, lifespan."""
 
 import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import nats.errors
-from fastapi import FastAPI, Request, Response, status
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import Counter, Histogram
 
-from musicrl.errors import (
-    BusUnavailable,
-    Conflict,
-    Forbidden,
-    InvalidRequest,
-    ModelNotReady,
-    MusicRLError,
-    NotFound,
-    RateLimited,
-    Unauthorized,
-    UpstreamUnavailable,
-)
+from musicrl.errors import MusicRLError
 from musicrl.gateway.config import GatewayConfig
+from musicrl.gateway.error_replies import bus_error, platform_error, validation_error
+from musicrl.gateway.limits import document_limits
+from musicrl.gateway.middleware import BodySizeLimit, RequestId
 from musicrl.gateway.routes import admin, clips, comparisons, generations, health, page, ratings
 from musicrl.gateway.state import open_state
 
@@ -37,18 +30,6 @@ HTTP_LATENCY = Histogram(
     ["route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
-STATUS_OF: tuple[tuple[type[MusicRLError], int], ...] = (  # first match wins: subclasses before parents
-    (InvalidRequest, status.HTTP_400_BAD_REQUEST),
-    (Unauthorized, status.HTTP_401_UNAUTHORIZED),
-    (Forbidden, status.HTTP_403_FORBIDDEN),
-    (NotFound, status.HTTP_404_NOT_FOUND),
-    (Conflict, status.HTTP_409_CONFLICT),
-    (RateLimited, status.HTTP_429_TOO_MANY_REQUESTS),
-    (BusUnavailable, status.HTTP_503_SERVICE_UNAVAILABLE),
-    (UpstreamUnavailable, status.HTTP_503_SERVICE_UNAVAILABLE),
-    (ModelNotReady, status.HTTP_503_SERVICE_UNAVAILABLE),
-)
-RETRY_AFTER_UNAVAILABLE_S = 1
 
 
 def create_app(config: GatewayConfig) -> FastAPI:
@@ -72,36 +53,40 @@ def create_app(config: GatewayConfig) -> FastAPI:
         app.include_router(router)
     app.include_router(page.router)
     app.mount("/static", StaticFiles(directory=page.PAGE_DIR), name="static")
-    app.add_exception_handler(MusicRLError, _platform_error)  # type: ignore[arg-type]
-    app.add_exception_handler(nats.errors.Error, _bus_error)  # type: ignore[arg-type]
+    app.add_exception_handler(MusicRLError, platform_error)  # type: ignore[arg-type]
+    app.add_exception_handler(nats.errors.Error, bus_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.middleware("http")(_count_requests)
+    app.add_middleware(BodySizeLimit, max_bytes=config.limits.max_body_bytes)  # type: ignore[arg-type]
+    app.add_middleware(RequestId)  # type: ignore[arg-type]  # outermost: even a 413 carries the id
+    _document_configured_limits(app, config)
     return app
+
+
+def _document_configured_limits(app: FastAPI, config: GatewayConfig) -> None:
+    generate_document = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_limits(generate_document(), config.limits)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the document
 
 
 def serve_gateway(config: GatewayConfig) -> None:
     """Serve the gateway with uvicorn until SIGINT or SIGTERM (in-flight requests get 30 s to finish)."""
     import uvicorn
 
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_config=None, timeout_graceful_shutdown=30)
-
-
-async def _platform_error(request: Request, error: MusicRLError) -> JSONResponse:
-    code = next((c for kind, c in STATUS_OF if isinstance(error, kind)), status.HTTP_500_INTERNAL_SERVER_ERROR)
-    headers = {}
-    if isinstance(error, RateLimited):
-        headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
-    elif isinstance(error, Unauthorized):
-        headers["WWW-Authenticate"] = "Bearer"
-    elif code == status.HTTP_503_SERVICE_UNAVAILABLE:
-        headers["Retry-After"] = str(RETRY_AFTER_UNAVAILABLE_S)
-    if code >= 500:
-        logger.warning("%s %s: %s", request.method, request.url.path, error)
-    return JSONResponse({"detail": str(error)}, status_code=code, headers=headers)
-
-
-async def _bus_error(request: Request, error: nats.errors.Error) -> JSONResponse:
-    # a KV read or write that NATS could not serve: nothing was accepted, the client may retry
-    return await _platform_error(request, BusUnavailable(f"the event bus is unavailable ({type(error).__name__})"))
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+        proxy_headers=True,  # the client address behind the ingress, from trusted proxies only
+        forwarded_allow_ips=config.forwarded_allow_ips,
+    )
 
 
 async def _count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

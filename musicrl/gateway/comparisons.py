@@ -19,7 +19,9 @@ from nats.js.kv import KeyValue
 from musicrl.bus.events import new_header
 from musicrl.bus.publisher import EventPublisher
 from musicrl.config import SamplingParams
-from musicrl.errors import InvalidRequest, NotFound
+from musicrl.errors import Forbidden, InvalidRequest, NotFound
+from musicrl.gateway.auth import Listener
+from musicrl.gateway.capacity import GenerationSlots
 from musicrl.gateway.clips import ClipRecord, ClipRecorder
 from musicrl.gateway.generator_client import GeneratedAudio, GeneratorClient
 from musicrl.gateway.idempotency import Idempotency
@@ -40,7 +42,8 @@ class StoredComparison:
         prompt: The prompt.
         clip_ids: Clip of slot A, clip of slot B.
         a_first: Whether slot A was shown first.
-        user_id: Pseudonymous id of the listener it was served to.
+        user_id: Pseudonymous id of the listener it was served to (only they may give feedback on it).
+        page_session: Whether that listener is an anonymous listening-page session.
     """
 
     id: str
@@ -48,6 +51,15 @@ class StoredComparison:
     clip_ids: tuple[str, str]
     a_first: bool
     user_id: str
+    page_session: bool = False  # records written before the field existed came from either kind
+
+    def check_listener(self, listener: Listener) -> None:
+        """Raise Forbidden unless ``listener`` is the one this comparison was served to."""
+        if listener.user_id != self.user_id:
+            raise Forbidden(
+                f"comparison {self.id!r} was served to another listener; send feedback with the same "
+                "listener_id (or page session) the comparison was created with"
+            )
 
     def slot_of(self, clip_id: str) -> str:
         """``a`` or ``b``. Raises InvalidRequest for a clip of another comparison."""
@@ -74,6 +86,7 @@ class ComparisonService:
         generator: The V2 client.
         clips: Stores clips and publishes their events.
         publisher: Publishes ComparisonServed.
+        slots: The bound on generations in flight, shared with generation jobs.
     """
 
     def __init__(
@@ -83,21 +96,32 @@ class ComparisonService:
         generator: GeneratorClient,
         clips: ClipRecorder,
         publisher: EventPublisher,
+        slots: GenerationSlots,
     ) -> None:
         self.kv = kv
         self.routing = routing
         self.generator = generator
         self.clips = clips
         self.publisher = publisher
+        self.slots = slots
         self._cache: collections.OrderedDict[str, StoredComparison] = collections.OrderedDict()
 
-    async def serve(self, prompt: str, params: SamplingParams, user_id: str, idem: Idempotency) -> ServedComparison:
-        """Generate both clips, store them, record the comparison and publish its events."""
+    async def serve(
+        self, prompt: str, params: SamplingParams, listener: Listener, idem: Idempotency
+    ) -> ServedComparison:
+        """Generate both clips, store them, record the comparison and publish its events.
+
+        Raises:
+            Overloaded: The replica is at its bound of generations in flight.
+            UpstreamUnavailable: A generator is down.
+            BusUnavailable: An event was not stored.
+        """
         rng = random.Random(idem.new_seed("draw"))  # routing and display order are replayed on a retry
         endpoints = (await self.routing.get()).comparison_pair(rng)
         seeds = (idem.new_seed("seed/a"), idem.new_seed("seed/b"))
         started = time.monotonic()
-        generated = await self._generate(prompt, endpoints, seeds, params)
+        with self.slots.held():
+            generated = await self._generate(prompt, endpoints, seeds, params)
         latency_ms = (time.monotonic() - started) * 1000
         clips = tuple(
             [
@@ -114,7 +138,12 @@ class ComparisonService:
             ]
         )
         stored = StoredComparison(
-            idem.new_id("comparison"), prompt, (clips[0].clip_id, clips[1].clip_id), rng.random() < 0.5, user_id
+            idem.new_id("comparison"),
+            prompt,
+            (clips[0].clip_id, clips[1].clip_id),
+            rng.random() < 0.5,
+            listener.user_id,
+            listener.page_session,
         )
         await self.kv.put(stored.id, json.dumps(dataclasses.asdict(stored)).encode())
         self._remember(stored)
@@ -135,6 +164,8 @@ class ComparisonService:
         except (KeyNotFoundError, InvalidKeyError, ValueError) as e:
             raise NotFound(f"no comparison {comparison_id!r}") from e
         data = json.loads(entry.value or b"{}")
+        known = {f.name for f in dataclasses.fields(StoredComparison)}
+        data = {k: v for k, v in data.items() if k in known}  # a newer writer's fields are ignored
         data["clip_ids"] = tuple(data["clip_ids"])
         return self._remember(StoredComparison(**data))
 
@@ -175,4 +206,5 @@ def _served_event(
         clip_b=ref(clips[1]),
         display_order=order,
         user_id=stored.user_id,
+        page_session=stored.page_session,
     )

@@ -4,6 +4,7 @@ import math
 from dataclasses import dataclass, field
 
 from musicrl.config import BusConfig
+from musicrl.data.snapshot_config import DEFAULT_MIN_LISTENED_SHARE
 from musicrl.errors import InvalidRequest
 
 
@@ -21,6 +22,13 @@ class GatewayLimits:
         comparison_duration_s: Length of each clip of an A/B comparison.
         max_clips_per_job: Most clips one generation job may ask for.
         wait_timeout_s: Longest ``?wait=true`` blocks before answering with the job as it is.
+        max_body_bytes: Largest request body accepted; larger ones get a 413 before they are parsed.
+        max_inflight_generations: Generation jobs and comparisons this replica runs at once; beyond it,
+            new ones get a 503 with ``Retry-After`` instead of queueing without bound.
+        min_listened_share: Share of a clip's length a listener must play (or play to the end) for a
+            preference to count; reported to clients as ``min_listened_ms`` with each comparison.
+        session_mints_per_minute: New listening-page sessions one client address may open per minute.
+        session_max_age_s: How long a listening-page session lasts; its cookie carries its issue time.
     """
 
     max_prompt_chars: int = 1000
@@ -28,6 +36,11 @@ class GatewayLimits:
     comparison_duration_s: float = 10.0  # long enough to judge, short enough to listen to twice
     max_clips_per_job: int = 4
     wait_timeout_s: float = 120.0  # a 30 s clip on a busy GPU; clients poll after that
+    max_body_bytes: int = 64 * 1024  # the largest valid body (a routing table) is under 4 KiB
+    max_inflight_generations: int = 32  # two batches of the generator's default 16 rows
+    min_listened_share: float = DEFAULT_MIN_LISTENED_SHARE  # the snapshot's default: hints and filter agree
+    session_mints_per_minute: int = 10  # a person opens a few tabs; a script minting cookies is refused
+    session_max_age_s: int = 30 * 24 * 3600  # a listener keeps one pseudonymous id for a month
 
     def __post_init__(self) -> None:
         for name in ("max_duration_s", "comparison_duration_s", "wait_timeout_s"):
@@ -36,8 +49,18 @@ class GatewayLimits:
                 raise InvalidRequest(f"{name} must be a positive number of seconds, got {value}")
         if self.comparison_duration_s > self.max_duration_s:
             raise InvalidRequest("comparison_duration_s must not exceed max_duration_s")
-        if self.max_prompt_chars < 1 or self.max_clips_per_job < 1:
-            raise InvalidRequest("max_prompt_chars and max_clips_per_job must be >= 1")
+        for name in (
+            "max_prompt_chars",
+            "max_clips_per_job",
+            "max_body_bytes",
+            "max_inflight_generations",
+            "session_mints_per_minute",
+            "session_max_age_s",
+        ):
+            if getattr(self, name) < 1:
+                raise InvalidRequest(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.min_listened_share) and 0.0 <= self.min_listened_share <= 1.0):
+            raise InvalidRequest(f"min_listened_share must be between 0 and 1, got {self.min_listened_share}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +74,15 @@ class GatewayConfig:
         secret_key: Signs UI sessions and pseudonymises user ids; at least 32 characters in production.
         api_keys_file: JSON list of ``{"id", "sha256", "scopes", "requests_per_minute"}``; unset means
             no API keys (only UI sessions, if enabled).
+        stable_model_uri: Model URI of the stable policy, recorded in every event as the clips' provenance
+            (required: an event that says "unknown" breaks the on-policy loop).
         generator_model_name: Model name on the generator's V2 endpoint.
-        stable_model_uri: Model URI of the stable policy, recorded in events.
         stable_version: Version label of the stable policy, recorded in events.
         environment: ``production`` or ``development`` (development accepts placeholder secrets).
         ui_sessions: Whether the listening page may open anonymous sessions (scopes generate, feedback, rate).
         ui_requests_per_minute: Rate limit of one UI session.
+        forwarded_allow_ips: Comma-separated addresses of proxies (the ingress) whose ``X-Forwarded-For``
+            is trusted for the client's address, which session minting is limited by; ``*`` trusts any.
         host: Bind address.
         port: HTTP port.
         bus: The event bus.
@@ -66,14 +92,15 @@ class GatewayConfig:
     generator_url: str = field(metadata={"help": "host:port of the generator's V2 REST endpoint"})
     clip_store_url: str = field(metadata={"help": "where clips are stored (path or fsspec URL)"})
     secret_key: str = field(metadata={"help": "signs UI sessions and pseudonymises user ids"})
+    stable_model_uri: str = field(metadata={"help": "model URI of the stable policy, recorded in events"})
     bus: BusConfig
     api_keys_file: str | None = None
     generator_model_name: str = "generator"
-    stable_model_uri: str = "unknown"
     stable_version: str = "stable"
     environment: str = "production"
     ui_sessions: bool = True
     ui_requests_per_minute: int = 120  # a listener clicks a few times a minute; scripts need an API key
+    forwarded_allow_ips: str = "127.0.0.1"  # uvicorn's default; set to the ingress's addresses in a cluster
     host: str = "127.0.0.1"  # loopback locally; 0.0.0.0 inside the pod
     port: int = 8000
     limits: GatewayLimits = field(default_factory=GatewayLimits)
@@ -90,6 +117,8 @@ class GatewayConfig:
             )
         if "://" in self.generator_url:
             raise InvalidRequest(f"generator_url is host:port without a scheme, got {self.generator_url!r}")
+        if not self.stable_model_uri.strip():
+            raise InvalidRequest("stable_model_uri must name the checkpoint the stable generator serves")
         if not 0 <= self.port <= 65535:
             raise InvalidRequest(f"port must be between 0 and 65535, got {self.port}")
         if self.ui_requests_per_minute < 1:

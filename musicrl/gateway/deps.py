@@ -8,8 +8,8 @@ from fastapi import Depends, Header, Request, Security
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from musicrl.errors import Forbidden, Unauthorized
-from musicrl.gateway.auth import SESSION_COOKIE, UI_KEY_ID, UI_SCOPES, Caller, Scope
-from musicrl.gateway.idempotency import Idempotency
+from musicrl.gateway.auth import SESSION_COOKIE, UI_KEY_ID, UI_SCOPES, Caller, Listener, Scope
+from musicrl.gateway.idempotency import IdempotencyKey
 from musicrl.gateway.state import GatewayState
 
 
@@ -50,8 +50,8 @@ async def get_caller(
 
 
 def _session_caller(request: Request, state: GatewayState) -> Caller:
-    cookie = request.cookies.get(SESSION_COOKIE)
-    session_id = state.signer.session_from_cookie(cookie) if state.config.ui_sessions else None
+    cookie = request.cookies.get(SESSION_COOKIE) if state.config.ui_sessions else None
+    session_id = state.signer.session_from_cookie(cookie)  # a forged or expired cookie says so
     if session_id is None:
         raise Unauthorized("missing credentials: send 'Authorization: Bearer <API key>' or open the listening page")
     # A cross-site form cannot set this header. Reads are exempt: an <audio> element cannot send it.
@@ -74,12 +74,13 @@ def require(scope: Scope) -> Callable[[Caller], Awaitable[Caller]]:
 
 
 GenerateCaller = Annotated[Caller, Depends(require(Scope.GENERATE))]
+CompareCaller = Annotated[Caller, Depends(require(Scope.COMPARE))]
 FeedbackCaller = Annotated[Caller, Depends(require(Scope.FEEDBACK))]
 RateCaller = Annotated[Caller, Depends(require(Scope.RATE))]
 AdminCaller = Annotated[Caller, Depends(require(Scope.ADMIN))]
 
 
-async def get_idempotency(
+async def get_idempotency_key(
     request: Request,
     state: StateDep,
     caller: CallerDep,
@@ -91,17 +92,18 @@ async def get_idempotency(
             description="Makes retries safe: the same key and body give the same reply and no second event.",
         ),
     ] = None,
-) -> Idempotency:
+) -> IdempotencyKey:
+    """The request's Idempotency-Key with its fingerprint; routes bind it to the listener (``for_user``)."""
     fingerprint = hashlib.sha256(
         request.method.encode() + b" " + request.url.path.encode() + b"\n" + await request.body()
     ).hexdigest()
-    return Idempotency(state.idempotency_kv, caller.rate_key, idempotency_key, fingerprint)
+    return IdempotencyKey(state.idempotency_kv, caller.key_id, idempotency_key, fingerprint)
 
 
-IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]
+IdempotencyDep = Annotated[IdempotencyKey, Depends(get_idempotency_key)]
 
 
-def user_id(state: GatewayState, caller: Caller, listener_id: str | None) -> str:
-    """The pseudonymous user id recorded in events: per page session, or per (API key, listener)."""
+def listener_of(state: GatewayState, caller: Caller, listener_id: str | None) -> Listener:
+    """Who the request's feedback is recorded for: the page session, or (API key, ``listener_id``)."""
     listener = caller.session_id or listener_id or "default"
-    return state.signer.pseudonym(caller.key_id, listener)
+    return Listener(state.signer.pseudonym(caller.key_id, listener), page_session=caller.session_id is not None)

@@ -6,6 +6,7 @@ from musicrl.bus.events import new_header
 from musicrl.bus.publisher import EventPublisher
 from musicrl.data.clips import ClipStore
 from musicrl.errors import NotFound
+from musicrl.gateway.auth import Listener
 from musicrl.gateway.comparisons import ComparisonService
 from musicrl.v1 import events_pb2
 
@@ -33,10 +34,17 @@ class FeedbackService:
         self.publisher = publisher
 
     async def playback(
-        self, comparison_id: str, clip_id: str, listened_ms: int, completed: bool, user_id: str, event_id: str
+        self, comparison_id: str, clip_id: str, listened_ms: int, completed: bool, listener: Listener, event_id: str
     ) -> None:
-        """Publish a Playback event. Raises NotFound / InvalidRequest for an unknown comparison or clip."""
+        """Publish a Playback event.
+
+        Raises:
+            NotFound: An unknown comparison.
+            InvalidRequest: A clip of another comparison.
+            Forbidden: The comparison was served to another listener.
+        """
         comparison = await self.comparisons.get(comparison_id)
+        comparison.check_listener(listener)
         comparison.slot_of(clip_id)
         await self.publisher.publish(
             events_pb2.Playback(
@@ -45,23 +53,40 @@ class FeedbackService:
                 clip_id=clip_id,
                 listened_ms=listened_ms,
                 completed=completed,
-                user_id=user_id,
+                user_id=listener.user_id,
+                page_session=listener.page_session,
             )
         )
 
-    async def preference(self, comparison_id: str, choice: str, user_id: str, event_id: str) -> None:
-        """Publish a PreferenceSubmitted event. Raises NotFound for an unknown comparison."""
-        await self.comparisons.get(comparison_id)
+    async def preference(self, comparison_id: str, choice: str, listener: Listener, event_id: str) -> None:
+        """Publish a PreferenceSubmitted event.
+
+        Raises:
+            NotFound: An unknown comparison.
+            Forbidden: The comparison was served to another listener.
+        """
+        comparison = await self.comparisons.get(comparison_id)
+        comparison.check_listener(listener)
         await self.publisher.publish(
             events_pb2.PreferenceSubmitted(
-                header=new_header(event_id), comparison_id=comparison_id, choice=CHOICES[choice], user_id=user_id
+                header=new_header(event_id),
+                comparison_id=comparison_id,
+                choice=CHOICES[choice],
+                user_id=listener.user_id,
+                page_session=listener.page_session,
             )
         )
 
-    async def rating(self, clip_id: str, score: int, rater_id: str, event_id: str) -> None:
+    async def rating(self, clip_id: str, score: int, rater: Listener, event_id: str) -> None:
         """Publish a QualityRating event. Raises NotFound for a clip that is not in the store."""
         if not await asyncio.to_thread(self.clip_store.exists, clip_id):
             raise NotFound(f"no clip {clip_id!r}")
         await self.publisher.publish(
-            events_pb2.QualityRating(header=new_header(event_id), clip_id=clip_id, rater_id=rater_id, score=score)
+            events_pb2.QualityRating(
+                header=new_header(event_id),
+                clip_id=clip_id,
+                rater_id=rater.user_id,
+                score=score,
+                page_session=rater.page_session,
+            )
         )

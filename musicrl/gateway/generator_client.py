@@ -7,16 +7,23 @@ from dataclasses import dataclass
 import aiohttp
 import numpy as np
 import tritonclient.http.aio as httpclient
+from prometheus_client import Gauge
 from tritonclient.utils import InferenceServerException
 
 from musicrl.config import SamplingParams
 from musicrl.errors import InvalidRequest, UpstreamUnavailable
+from musicrl.logs import REQUEST_ID_HEADER, current_request_id
 from musicrl.rollout.routing import PolicyEndpoint
 
 
 logger = logging.getLogger(__name__)
 
 OUTPUTS = ("audio", "codes", "num_frames", "num_samples", "sample_rate", "seed")
+UPSTREAM_READY = Gauge(
+    "musicrl_gateway_upstream_ready",
+    "Whether the last request to a policy endpoint succeeded (1) or found it unavailable (0).",
+    ["url", "version"],
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,24 +72,26 @@ class GeneratorClient:
         seed = httpclient.InferInput("seed", [len(seeds)], "INT64")
         seed.set_data_from_numpy(np.array(seeds, dtype=np.int64))
         outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in OUTPUTS]
+        ready = UPSTREAM_READY.labels(url=endpoint.url, version=endpoint.version)
         try:
             result = await self._client(endpoint.url).infer(
-                endpoint.model_name, [prompt, seed], outputs=outputs, parameters=dataclasses.asdict(params)
+                endpoint.model_name,
+                [prompt, seed],
+                outputs=outputs,
+                parameters=dataclasses.asdict(params),
+                headers={REQUEST_ID_HEADER: current_request_id()} if current_request_id() else None,
             )
         except InferenceServerException as e:
             if e.status() == "400":
+                ready.set(1)  # it answered: the request was at fault, not the server
                 raise InvalidRequest(f"the generator refused the request: {e.message()}") from e
+            ready.set(0)
             raise UpstreamUnavailable(f"the generator at {endpoint.url} failed: {e.message()}") from e
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            ready.set(0)
             raise UpstreamUnavailable(f"the generator at {endpoint.url} is unreachable: {e}") from e
+        ready.set(1)
         return _clips(result)
-
-    async def is_ready(self, endpoint: PolicyEndpoint) -> bool:
-        """Whether the endpoint's model is loaded and serving."""
-        try:
-            return bool(await self._client(endpoint.url).is_model_ready(endpoint.model_name))
-        except (InferenceServerException, aiohttp.ClientError, OSError, TimeoutError):
-            return False
 
     async def close(self) -> None:
         for client in self._clients.values():

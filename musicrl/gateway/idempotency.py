@@ -2,15 +2,17 @@
 
 Two mechanisms work together:
 
-* every id a request mints (event ids, clip ids, seeds, comparison ids) is derived from the caller and
-  its ``Idempotency-Key``, so a retry re-publishes the *same* events, which JetStream drops as duplicates
-  within its window (``Nats-Msg-Id``);
+* every id a request mints (event ids, clip ids, seeds, comparison ids) is derived from the caller, the
+  listener, the ``Idempotency-Key`` and the request's fingerprint, so a retry re-publishes the *same*
+  events, which JetStream drops as duplicates within its window (``Nats-Msg-Id``), while a key reused
+  for another request — even after its record expired — can never mint the same ids;
 * the finished reply is kept in the ``idempotency`` KV bucket and replayed to later retries, so a
   client sees one answer even after the window.
 
-A key reused with a different body is a 409. While a first request holds its key (its *lease*), a retry
-is a 409 too; a request that only publishes events takes a zero lease, since running it twice publishes
-the same events, which JetStream deduplicates.
+Keys are scoped by (API key id, listener pseudonym): many listeners behind one partner key may pick keys
+independently. A key reused with a different request is a 422, which no retry can fix. While a first
+request holds its key (its *lease*), a retry is a 409 with ``Retry-After``; a request that only publishes
+events takes a zero lease, since running it twice publishes the same events, which JetStream deduplicates.
 """
 
 import hashlib
@@ -28,7 +30,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
-from musicrl.errors import Conflict, InvalidRequest
+from musicrl.errors import Conflict, IdempotencyKeyReused, InvalidRequest
 
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,8 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 MAX_KEY_CHARS = 255
+IN_PROGRESS_RETRY_S = 2.0  # Retry-After of a 409: a comparison takes seconds, its lease minutes
+CLAIM_ATTEMPTS = 3  # a claim races only with retries of the same request; three rounds settle it
 _NAMESPACE = uuid.UUID("5f0b6a7e-8f3a-4c4e-9a55-1b1c8b8d2f61")  # fixed: derived ids must never change
 
 
@@ -48,19 +52,42 @@ class StoredReply:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A request's ``Idempotency-Key`` before it is bound to a listener (what the route's dependency gives).
+
+    Attributes:
+        kv: The ``idempotency`` bucket.
+        key_id: The caller's API key id (``ui`` for page sessions).
+        key: The ``Idempotency-Key`` header, or None.
+        fingerprint: A hash of the request (method, path, body).
+    """
+
+    kv: KeyValue
+    key_id: str
+    key: str | None
+    fingerprint: str
+
+    def __post_init__(self) -> None:
+        if self.key is not None and not 0 < len(self.key) <= MAX_KEY_CHARS:
+            raise InvalidRequest(f"Idempotency-Key must have 1 to {MAX_KEY_CHARS} characters")
+
+    def for_user(self, user_id: str) -> "Idempotency":
+        """The idempotency of this request for the listener ``user_id`` (a pseudonym)."""
+        return Idempotency(self.kv, f"{self.key_id}\x00{user_id}", self.key, self.fingerprint)
+
+
 class Idempotency:
     """The idempotency of one request; without a key it mints random ids and stores nothing.
 
     Args:
         kv: The ``idempotency`` bucket.
-        scope: Who is calling (the caller's rate key) — keys are per caller.
+        scope: Who is calling: the API key id and the listener pseudonym.
         key: The ``Idempotency-Key`` header, or None.
         fingerprint: A hash of the request (method, path, body).
     """
 
     def __init__(self, kv: KeyValue, scope: str, key: str | None, fingerprint: str) -> None:
-        if key is not None and not 0 < len(key) <= MAX_KEY_CHARS:
-            raise InvalidRequest(f"Idempotency-Key must have 1 to {MAX_KEY_CHARS} characters")
         self.kv = kv
         self.scope = scope
         self.key = key
@@ -74,7 +101,7 @@ class Idempotency:
         """A UUID for ``purpose`` (e.g. ``event/preference``): derived from the key if any, else random."""
         if self.key is None:
             return str(uuid.uuid4())
-        return str(uuid.uuid5(_NAMESPACE, f"{self.scope}\x00{self.key}\x00{purpose}"))
+        return str(uuid.uuid5(_NAMESPACE, f"{self.scope}\x00{self.key}\x00{self.fingerprint}\x00{purpose}"))
 
     def new_seed(self, purpose: str) -> int:
         """A sampling seed in [0, 2^63): derived from the key if any, else random."""
@@ -107,28 +134,50 @@ class Idempotency:
         """Claim the key for ``lease_s``; returns the stored reply if this request was already answered.
 
         Raises:
-            Conflict: The key was used with another request, or its first request still holds the lease.
+            IdempotencyKeyReused: The key was used with another request (final).
+            Conflict: The key's first request still holds the lease (retry after ``retry_after_s``).
         """
         if self.key is None:
             return None
+        for _ in range(CLAIM_ATTEMPTS):
+            claimed, replay = await self._claim(lease_s)
+            if claimed or replay is not None:
+                return replay
+        raise Conflict("a request with this Idempotency-Key is being started concurrently; retry later")
+
+    async def _claim(self, lease_s: float) -> tuple[bool, StoredReply | None]:
+        """One round of claiming: (claimed, replay). (False, None) means another request raced us: retry."""
         pending = json.dumps(
             {"state": "pending", "fingerprint": self.fingerprint, "until": time.time() + lease_s}
         ).encode()
         try:
             await self.kv.create(self._record, pending)
-            return None
+            return True, None
         except KeyWrongLastSequenceError:
             pass
-        entry = await self.kv.get(self._record)
+        try:
+            entry = await self.kv.get(self._record)
+        except KeyNotFoundError:  # released between our create and get: claim it again
+            return False, None
         record = json.loads(entry.value or b"{}")
         if record.get("fingerprint") != self.fingerprint:
-            raise Conflict("this Idempotency-Key was already used with a different request")
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was already used with a different request; use a new key for a new request"
+            )
         if record.get("state") == "done":
-            return StoredReply(int(record["status_code"]), record["body"])
-        if time.time() < float(record.get("until", 0)):
-            raise Conflict("a request with this Idempotency-Key is still in progress; retry later")
-        await self.kv.update(self._record, pending, last=entry.revision)  # the lease ran out: take over
-        return None
+            return False, StoredReply(int(record["status_code"]), record["body"])
+        wait_s = float(record.get("until", 0)) - time.time()
+        if wait_s > 0:
+            # the first request usually finishes long before its lease runs out: ask for a retry soon
+            raise Conflict(
+                "a request with this Idempotency-Key is still in progress; retry later",
+                min(wait_s, IN_PROGRESS_RETRY_S),
+            )
+        try:
+            await self.kv.update(self._record, pending, last=entry.revision)  # the lease ran out: take over
+        except KeyWrongLastSequenceError:  # another retry took over first
+            return False, None
+        return True, None
 
     async def finish(self, status_code: int, body: dict[str, Any]) -> None:
         """Store the reply for retries."""

@@ -2,7 +2,8 @@
 
 A job's record is written to JetStream-backed KV before the 202 goes out, so an accepted job is never
 forgotten; its progress (running → done | failed) is written there too, so any gateway replica can answer
-``GET /v1/generations/{id}``. A job whose gateway died mid-run stays ``running``: clients see no progress
+``GET /v1/generations/{id}``. A job that fails in any way — the generator, the clip store or NATS —
+ends ``failed`` with its reason. A job whose gateway died mid-run stays ``running``: clients see no progress
 and may resubmit with the same Idempotency-Key, which regenerates the same clips.
 """
 
@@ -15,11 +16,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import nats.errors
 from nats.js.errors import InvalidKeyError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from musicrl.config import SamplingParams
 from musicrl.errors import MusicRLError, NotFound
+from musicrl.gateway.capacity import GenerationSlots, Slot
 from musicrl.gateway.clips import ClipRecorder
 from musicrl.gateway.generator_client import GeneratorClient
 from musicrl.gateway.idempotency import Idempotency
@@ -27,8 +30,6 @@ from musicrl.rollout.routing import RoutingStore
 
 
 logger = logging.getLogger(__name__)
-
-POLL_INTERVAL_S = 0.1  # how often ?wait=true re-reads a job that runs on another replica
 
 
 class JobStatus(enum.StrEnum):
@@ -97,17 +98,42 @@ class JobRunner:
         routing: Where the stable policy is.
         generator: The V2 client.
         clips: Stores clips and publishes their events.
+        slots: The bound on generations in flight, shared with comparisons.
     """
 
-    def __init__(self, kv: KeyValue, routing: RoutingStore, generator: GeneratorClient, clips: ClipRecorder) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        routing: RoutingStore,
+        generator: GeneratorClient,
+        clips: ClipRecorder,
+        slots: GenerationSlots,
+    ) -> None:
         self.kv = kv
         self.routing = routing
         self.generator = generator
         self.clips = clips
+        self.slots = slots
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, prompt: str, params: SamplingParams, num_clips: int, idem: Idempotency) -> Job:
-        """Record a queued job in KV and start it in the background."""
+        """Record a queued job in KV and start it in the background.
+
+        Raises:
+            Overloaded: The replica is at its bound of generations in flight (nothing was recorded).
+        """
+        slot = self.slots.take()  # held by the job until it ends
+        try:
+            job = await self._record_queued(prompt, params, num_clips, idem)
+        except BaseException:
+            slot.release()
+            raise
+        task = asyncio.create_task(self._run(job, idem, slot))
+        self._tasks.add(task)  # keep a reference: the loop holds tasks weakly
+        task.add_done_callback(self._tasks.discard)
+        return job
+
+    async def _record_queued(self, prompt: str, params: SamplingParams, num_clips: int, idem: Idempotency) -> Job:
         job = Job(
             id=idem.new_id("job"),
             status=JobStatus.QUEUED,
@@ -117,9 +143,6 @@ class JobRunner:
             clip_ids=[idem.new_id(f"clip/{i}").replace("-", "") for i in range(num_clips)],
         )
         await self.kv.put(job.id, job.to_wire())
-        task = asyncio.create_task(self._run(job, idem))
-        self._tasks.add(task)  # keep a reference: the loop holds tasks weakly
-        task.add_done_callback(self._tasks.discard)
         return job
 
     async def get(self, job_id: str) -> Job:
@@ -131,12 +154,26 @@ class JobRunner:
         return Job.from_wire(entry.value or b"{}")
 
     async def wait(self, job_id: str, timeout_s: float) -> Job:
-        """The job once finished, or as it is after ``timeout_s``."""
+        """The job once finished, or as it is after ``timeout_s``.
+
+        Watches the job's KV key (a push from NATS on every change, whichever replica runs the job)
+        instead of polling it.
+        """
         deadline = time.monotonic() + timeout_s
         job = await self.get(job_id)
-        while not job.finished and time.monotonic() < deadline:
-            await asyncio.sleep(POLL_INTERVAL_S)
-            job = await self.get(job_id)
+        if job.finished:
+            return job
+        watcher = await self.kv.watch(job_id)
+        try:
+            while not job.finished and (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    entry = await watcher.updates(timeout=remaining)
+                except nats.errors.TimeoutError:
+                    break
+                if entry is not None and entry.value:  # None marks the end of the initial values
+                    job = Job.from_wire(entry.value)
+        finally:
+            await watcher.stop()
         return job
 
     async def close(self) -> None:
@@ -144,20 +181,36 @@ class JobRunner:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=30)
 
-    async def _run(self, job: Job, idem: Idempotency) -> None:
+    async def _run(self, job: Job, idem: Idempotency, slot: Slot) -> None:
+        try:
+            job = await self._generate(job, idem)
+        except MusicRLError as e:
+            logger.warning("generation job %s failed: %s", job.id, e)
+            job = dataclasses.replace(job, status=JobStatus.FAILED, error=str(e), updated_at=_now())
+        except nats.errors.Error as e:
+            logger.warning("generation job %s failed: NATS error %s", job.id, type(e).__name__)
+            reason = f"the event bus is unavailable ({type(e).__name__}); retry with the same Idempotency-Key"
+            job = dataclasses.replace(job, status=JobStatus.FAILED, error=reason, updated_at=_now())
+        except Exception as e:  # any failure must end the job, never leave it "running" forever
+            logger.exception("generation job %s failed unexpectedly", job.id)
+            reason = f"internal error ({type(e).__name__}); retry with the same Idempotency-Key"
+            job = dataclasses.replace(job, status=JobStatus.FAILED, error=reason, updated_at=_now())
+        finally:
+            slot.release()
+        try:
+            await self.kv.put(job.id, job.to_wire())
+        except nats.errors.Error:
+            logger.exception("could not record the end of generation job %s (%s)", job.id, job.status.value)
+
+    async def _generate(self, job: Job, idem: Idempotency) -> Job:
         endpoint = (await self.routing.get()).stable
         job = dataclasses.replace(job, status=JobStatus.RUNNING, policy_version=endpoint.version, updated_at=_now())
         await self.kv.put(job.id, job.to_wire())
         started = time.monotonic()
-        try:
-            generated = await self.generator.generate(endpoint, [job.prompt] * len(job.seeds), job.seeds, job.params)
-            latency_ms = (time.monotonic() - started) * 1000
-            for index, (clip_id, clip) in enumerate(zip(job.clip_ids, generated, strict=True)):
-                await self.clips.save(
-                    clip_id, clip, job.prompt, endpoint, job.params, latency_ms, idem.new_id(f"event/clip/{index}")
-                )
-            job = dataclasses.replace(job, status=JobStatus.DONE, updated_at=_now())
-        except MusicRLError as e:
-            logger.warning("generation job %s failed: %s", job.id, e)
-            job = dataclasses.replace(job, status=JobStatus.FAILED, error=str(e), updated_at=_now())
-        await self.kv.put(job.id, job.to_wire())
+        generated = await self.generator.generate(endpoint, [job.prompt] * len(job.seeds), job.seeds, job.params)
+        latency_ms = (time.monotonic() - started) * 1000
+        for index, (clip_id, clip) in enumerate(zip(job.clip_ids, generated, strict=True)):
+            await self.clips.save(
+                clip_id, clip, job.prompt, endpoint, job.params, latency_ms, idem.new_id(f"event/clip/{index}")
+            )
+        return dataclasses.replace(job, status=JobStatus.DONE, updated_at=_now())

@@ -1,22 +1,52 @@
-"""Request and reply bodies of the gateway's REST API (``XCreate`` in, ``XPublic`` out)."""
+"""Request and reply bodies of the gateway's REST API (``XCreate`` in, ``XPublic`` out).
 
-from typing import Literal
+Request bodies are strict: a number must be a JSON number (``"3"`` and ``true`` are refused), NaN and
+Infinity are refused, unknown fields are refused, and every string must be valid Unicode (a lone UTF-16
+surrogate such as ``"\\ud800"`` cannot be stored or encoded). The limits an operator configures (prompt
+length, clip length, clips per job) are checked by :mod:`musicrl.gateway.limits`, which also writes them
+into the OpenAPI document.
+"""
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 
 CLIP_ID_PATTERN = r"^[0-9a-f]{32}$"
 UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 LISTENER_ID = Field(
     default=None,
+    min_length=1,
     max_length=128,
     description="Your own id for the person listening (API-key callers); pseudonymised before it is stored. "
-    "Page sessions ignore it.",
+    "Feedback must carry the listener id its comparison was served with. Page sessions ignore it.",
 )
 
 
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must contain more than white space")
+    return text
+
+
+Prompt = Annotated[
+    str, Field(min_length=1, description="Text describing the music (not blank)."), AfterValidator(_not_blank)
+]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+    # a misspelt field is an error, not silently ignored; "3" is not a number; NaN is not a length
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError("must be valid Unicode text (it holds a lone UTF-16 surrogate)") from e
+        return value
 
 
 class ErrorPublic(BaseModel):
@@ -25,13 +55,32 @@ class ErrorPublic(BaseModel):
     detail: str = Field(description="What went wrong, in a sentence.")
 
 
+class FieldErrorPublic(BaseModel):
+    """One invalid field of a request (the input itself is never echoed back)."""
+
+    loc: list[str | int] = Field(description="Where the field is: body, query, path or header, then its name.")
+    msg: str = Field(description="What is wrong with it.")
+    type: str = Field(description="A stable error kind, e.g. `string_too_long` or `int_type`.")
+
+
+class ValidationErrorPublic(ErrorPublic):
+    """A 422: the request is well-formed JSON but breaks the documented schema or limits."""
+
+    errors: list[FieldErrorPublic] = Field(default_factory=list, description="Each invalid field.")
+
+
 class GenerationCreate(_Strict):
-    prompt: str = Field(min_length=1, max_length=4000, description="Text describing the music.")
-    duration_s: float = Field(default=10.0, gt=0, le=120, description="Length of each clip in seconds.")
-    num_clips: int = Field(default=1, ge=1, le=16, description="How many clips (different seeds).")
+    prompt: Prompt
+    duration_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Length of each clip in seconds; when omitted, 10 s or the server's maximum if that is lower.",
+    )
+    num_clips: int = Field(default=1, ge=1, description="How many clips (different seeds).")
     temperature: float = Field(default=1.0, ge=0, le=10, description="Sampling temperature; 0 is greedy.")
     top_k: int = Field(default=250, ge=0, le=100_000, description="Top-k sampling; 0 keeps every token.")
     guidance_scale: float = Field(default=3.0, ge=1, le=30, description="Classifier-free guidance scale.")
+    listener_id: str | None = LISTENER_ID
 
 
 class ClipPublic(BaseModel):
@@ -51,7 +100,7 @@ class GenerationPublic(BaseModel):
 
 
 class ComparisonCreate(_Strict):
-    prompt: str = Field(min_length=1, max_length=4000, description="Text describing the music.")
+    prompt: Prompt
     listener_id: str | None = LISTENER_ID
 
 
@@ -59,6 +108,10 @@ class ComparisonClipPublic(BaseModel):
     slot: Literal["a", "b"] = Field(description="The clip's slot: what a preference's choice refers to.")
     id: str
     audio_url: str
+    duration_s: float = Field(description="The clip's length in seconds.")
+    min_listened_ms: int = Field(
+        description="How much of the clip must be played (or played to the end) for a preference to count."
+    )
 
 
 class ComparisonPublic(BaseModel):
@@ -83,7 +136,7 @@ class PreferenceCreate(_Strict):
 
 class RatingCreate(_Strict):
     clip_id: str = Field(pattern=CLIP_ID_PATTERN)
-    score: int = Field(ge=1, le=5, description="Acoustic quality, 1 (bad) to 5 (excellent).")
+    score: int = Field(ge=1, le=5, description="Acoustic quality, 1 (bad) to 5 (excellent); a JSON integer.")
     listener_id: str | None = LISTENER_ID
 
 
@@ -93,11 +146,11 @@ class EventPublic(BaseModel):
     event_id: str
 
 
-class PolicyEndpointPublic(BaseModel):
-    url: str = Field(description="host:port of the policy's V2 REST endpoint.")
-    model_name: str
-    model_uri: str
-    version: str
+class PolicyEndpointPublic(_Strict):
+    url: str = Field(min_length=1, max_length=512, description="host:port of the policy's V2 REST endpoint.")
+    model_name: str = Field(min_length=1, max_length=256)
+    model_uri: str = Field(min_length=1, max_length=2048)
+    version: str = Field(min_length=1, max_length=256)
 
 
 class RoutingPublic(_Strict):

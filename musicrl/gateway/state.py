@@ -9,7 +9,8 @@ from nats.js.kv import KeyValue
 from musicrl.bus.connection import connect, ensure_buckets, ensure_streams
 from musicrl.bus.publisher import EventPublisher
 from musicrl.data.clips import ClipStore
-from musicrl.gateway.auth import KeyRing, Signer
+from musicrl.gateway.auth import KeyFile, Signer
+from musicrl.gateway.capacity import GenerationSlots
 from musicrl.gateway.clips import ClipRecorder
 from musicrl.gateway.comparisons import ComparisonService
 from musicrl.gateway.config import GatewayConfig
@@ -28,7 +29,7 @@ class GatewayState:
     """The gateway's collaborators (one per process, on ``app.state.gateway``)."""
 
     config: GatewayConfig
-    keyring: KeyRing
+    keyring: KeyFile
     signer: Signer
     limiter: RateLimiter
     nats: NATS
@@ -49,7 +50,7 @@ class GatewayState:
 
 async def open_state(config: GatewayConfig) -> GatewayState:
     """Connect to NATS, provision streams and buckets, and build the services."""
-    keyring = KeyRing.from_file(config.api_keys_file)
+    keyring = KeyFile(config.api_keys_file)
     client, js = await connect(config.bus, name="gateway")
     await ensure_streams(js, config.bus)
     buckets = await ensure_buckets(js, config.bus)
@@ -63,12 +64,13 @@ async def open_state(config: GatewayConfig) -> GatewayState:
     generator = GeneratorClient()
     clip_store = ClipStore(config.clip_store_url)
     clips = ClipRecorder(clip_store, publisher)
-    comparisons = ComparisonService(buckets["comparisons"], routing, generator, clips, publisher)
-    logger.info("gateway connected to %s with %d API keys", config.bus.nats_url, len(keyring.keys))
+    slots = GenerationSlots(config.limits.max_inflight_generations)
+    comparisons = ComparisonService(buckets["comparisons"], routing, generator, clips, publisher, slots)
+    logger.info("gateway connected to %s with %d API keys", config.bus.nats_url, len(keyring.ring.keys))
     return GatewayState(
         config=config,
         keyring=keyring,
-        signer=Signer(config.secret_key),
+        signer=Signer(config.secret_key, config.limits.session_max_age_s),
         limiter=RateLimiter(),
         nats=client,
         publisher=publisher,
@@ -76,7 +78,7 @@ async def open_state(config: GatewayConfig) -> GatewayState:
         routing=routing,
         generator=generator,
         clip_store=clip_store,
-        jobs=JobRunner(buckets["jobs"], routing, generator, clips),
+        jobs=JobRunner(buckets["jobs"], routing, generator, clips, slots),
         comparisons=comparisons,
         feedback=FeedbackService(comparisons, clip_store, publisher),
     )

@@ -45,14 +45,16 @@ ROLLOUT_ACTION_ROLLED_BACK: RolloutAction
 ROLLOUT_ACTION_TRAFFIC_CHANGED: RolloutAction
 
 class EventHeader(_message.Message):
-    __slots__ = ("event_id", "occurred_at", "schema_version")
+    __slots__ = ("event_id", "occurred_at", "schema_version", "request_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     occurred_at: _timestamp_pb2.Timestamp
     schema_version: int
-    def __init__(self, event_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., schema_version: _Optional[int] = ...) -> None: ...
+    request_id: str
+    def __init__(self, event_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., schema_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PolicyRef(_message.Message):
     __slots__ = ("model_uri", "version")
@@ -111,7 +113,7 @@ class GenerationCompleted(_message.Message):
     def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., clip_id: _Optional[str] = ..., prompt: _Optional[str] = ..., policy: _Optional[_Union[PolicyRef, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., duration_s: _Optional[float] = ..., audio_uri: _Optional[str] = ..., codes_uri: _Optional[str] = ..., latency_ms: _Optional[float] = ..., sample_rate: _Optional[int] = ...) -> None: ...
 
 class ComparisonServed(_message.Message):
-    __slots__ = ("header", "comparison_id", "prompt", "clip_a", "clip_b", "display_order", "user_id")
+    __slots__ = ("header", "comparison_id", "prompt", "clip_a", "clip_b", "display_order", "user_id", "page_session")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     COMPARISON_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +121,7 @@ class ComparisonServed(_message.Message):
     CLIP_B_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_ORDER_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SESSION_FIELD_NUMBER: _ClassVar[int]
     header: EventHeader
     comparison_id: str
     prompt: str
@@ -126,47 +129,54 @@ class ComparisonServed(_message.Message):
     clip_b: ClipRef
     display_order: DisplayOrder
     user_id: str
-    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., comparison_id: _Optional[str] = ..., prompt: _Optional[str] = ..., clip_a: _Optional[_Union[ClipRef, _Mapping]] = ..., clip_b: _Optional[_Union[ClipRef, _Mapping]] = ..., display_order: _Optional[_Union[DisplayOrder, str]] = ..., user_id: _Optional[str] = ...) -> None: ...
+    page_session: bool
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., comparison_id: _Optional[str] = ..., prompt: _Optional[str] = ..., clip_a: _Optional[_Union[ClipRef, _Mapping]] = ..., clip_b: _Optional[_Union[ClipRef, _Mapping]] = ..., display_order: _Optional[_Union[DisplayOrder, str]] = ..., user_id: _Optional[str] = ..., page_session: _Optional[bool] = ...) -> None: ...
 
 class Playback(_message.Message):
-    __slots__ = ("header", "comparison_id", "clip_id", "listened_ms", "completed", "user_id")
+    __slots__ = ("header", "comparison_id", "clip_id", "listened_ms", "completed", "user_id", "page_session")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     COMPARISON_ID_FIELD_NUMBER: _ClassVar[int]
     CLIP_ID_FIELD_NUMBER: _ClassVar[int]
     LISTENED_MS_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SESSION_FIELD_NUMBER: _ClassVar[int]
     header: EventHeader
     comparison_id: str
     clip_id: str
     listened_ms: int
     completed: bool
     user_id: str
-    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., comparison_id: _Optional[str] = ..., clip_id: _Optional[str] = ..., listened_ms: _Optional[int] = ..., completed: _Optional[bool] = ..., user_id: _Optional[str] = ...) -> None: ...
+    page_session: bool
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., comparison_id: _Optional[str] = ..., clip_id: _Optional[str] = ..., listened_ms: _Optional[int] = ..., completed: _Optional[bool] = ..., user_id: _Optional[str] = ..., page_session: _Optional[bool] = ...) -> None: ...
 
 class PreferenceSubmitted(_message.Message):
-    __slots__ = ("header", "comparison_id", "choice", "user_id")
+    __slots__ = ("header", "comparison_id", "choice", "user_id", "page_session")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     COMPARISON_ID_FIELD_NUMBER: _ClassVar[int]
     CHOICE_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SESSION_FIELD_NUMBER: _ClassVar[int]
     header: EventHeader
     comparison_id: str
     choice: Choice
     user_id: str
-    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., comparison_id: _Optional[str] = ..., choice: _Optional[_Union[Choice, str]] = ..., user_id: _Optional[str] = ...) -> None: ...
+    page_session: bool
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., comparison_id: _Optional[str] = ..., choice: _Optional[_Union[Choice, str]] = ..., user_id: _Optional[str] = ..., page_session: _Optional[bool] = ...) -> None: ...
 
 class QualityRating(_message.Message):
-    __slots__ = ("header", "clip_id", "rater_id", "score")
+    __slots__ = ("header", "clip_id", "rater_id", "score", "page_session")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CLIP_ID_FIELD_NUMBER: _ClassVar[int]
     RATER_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SESSION_FIELD_NUMBER: _ClassVar[int]
     header: EventHeader
     clip_id: str
     rater_id: str
     score: int
-    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., clip_id: _Optional[str] = ..., rater_id: _Optional[str] = ..., score: _Optional[int] = ...) -> None: ...
+    page_session: bool
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., clip_id: _Optional[str] = ..., rater_id: _Optional[str] = ..., score: _Optional[int] = ..., page_session: _Optional[bool] = ...) -> None: ...
 
 class PolicyRollout(_message.Message):
     __slots__ = ("header", "action", "stable_model_uri", "canary_model_uri", "canary_percent", "reason")

@@ -56,10 +56,19 @@ def _use_the_page(url: str) -> str:
             expect(page.get_by_role("heading", name="Which clip do you prefer?")).to_be_visible()
             page.get_by_label("Prompt").fill("an upbeat funk groove with slap bass and brass stabs")
             page.get_by_role("button", name="Generate two clips").click()
-            expect(page.locator("#status")).to_have_text("Listen to both clips, then choose.", timeout=30_000)
-            for card in page.locator(".clip").all():
-                card.locator("audio").evaluate("audio => audio.play()")
-                expect(card.locator(".listened")).to_contain_text("(to the end)", timeout=15_000)
+            # 1 s clips and the default share of one half: the page asks for 0.5 s of each
+            expect(page.locator("#status")).to_have_text(
+                "Listen to at least 0.5 s of each clip (or to its end) to vote.", timeout=30_000
+            )
+            trophies = page.get_by_role("button", name="I prefer clip")
+            first, second = page.locator(".clip").all()
+            first.locator("audio").evaluate("audio => audio.play()")
+            expect(first.locator(".listened")).to_contain_text("(to the end)", timeout=15_000)
+            for button in trophies.all() + [page.get_by_role("button", name="Neither")]:
+                expect(button).to_be_disabled()  # one clip heard: a vote would not count yet
+            second.locator("audio").evaluate("audio => audio.play()")
+            expect(second.locator(".listened")).to_contain_text("(to the end)", timeout=15_000)
+            expect(page.locator("#status")).to_have_text("Now choose.")
             winner = page.locator(".clip").nth(1)
             winner_slot = winner.get_attribute("data-slot")
             winner.get_by_role("button", name="I prefer clip 2").click()

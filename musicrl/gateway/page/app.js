@@ -1,5 +1,7 @@
 // The listening page: ask for a comparison, play both clips, report real playback, award the trophy.
 // Playback is measured from the audio elements' own events: time only counts while a clip plays forward.
+// The choice buttons stay disabled until both clips were played for the share the server asks for
+// (min_listened_ms) or to their end: a vote without listening would be dropped from the training data.
 "use strict";
 
 const HEADERS = { "Content-Type": "application/json", "X-Requested-With": "musicrl-page" };
@@ -22,10 +24,28 @@ function say(text, isError = false) {
   statusLine.classList.toggle("error", isError);
 }
 
+const choiceButtons = () => document.querySelectorAll("#comparison button");
+let answered = false;
+
+function listenedEnough(card) {
+  return Boolean(card.playback) && (card.playback.completed || card.playback.listenedMs >= card.minListenedMs);
+}
+
+function updateChoices() {
+  const ready = cards.every(listenedEnough);
+  choiceButtons().forEach((b) => { b.disabled = answered || !ready; });
+  if (!answered) {
+    const seconds = Math.max(...cards.map((card) => card.minListenedMs)) / 1000;
+    say(ready ? "Now choose." : `Listen to at least ${seconds.toFixed(1)} s of each clip (or to its end) to vote.`);
+  }
+}
+
 function trackPlayback(card, clip) {
   const audio = card.querySelector("audio");
   const label = card.querySelector(".listened");
   const state = { listenedMs: 0, completed: false, lastTime: null, reported: "" };
+  card.playback = state;
+  card.minListenedMs = clip.min_listened_ms;
   audio.src = clip.audio_url;
   audio.onplay = () => { state.lastTime = audio.currentTime; };
   audio.ontimeupdate = () => {
@@ -35,6 +55,7 @@ function trackPlayback(card, clip) {
       state.lastTime = audio.currentTime;
     }
     label.textContent = `Listened ${(state.listenedMs / 1000).toFixed(1)} s`;
+    updateChoices();
   };
   audio.onseeking = () => { state.lastTime = null; };
   audio.onseeked = () => { state.lastTime = audio.paused ? null : audio.currentTime; };
@@ -49,7 +70,13 @@ function trackPlayback(card, clip) {
     } catch (error) { say(error.message, true); }
   };
   audio.onpause = report;
-  audio.onended = () => { state.completed = true; state.lastTime = null; label.textContent += " (to the end)"; report(); };
+  audio.onended = () => {
+    state.completed = true;
+    state.lastTime = null;
+    label.textContent += " (to the end)";
+    updateChoices();
+    report();
+  };
   card.report = report;
 }
 
@@ -69,9 +96,9 @@ async function compare(event) {
       card.querySelector(".listened").textContent = "Not played yet";
       trackPlayback(card, clip);
     });
-    document.querySelectorAll("#comparison button").forEach((b) => { b.disabled = false; });
+    answered = false;
     section.hidden = false;
-    say("Listen to both clips, then choose.");
+    updateChoices();
   } catch (error) {
     say(error.message, true);
   } finally {
@@ -80,10 +107,12 @@ async function compare(event) {
 }
 
 async function choose(choice, winner) {
+  if (!cards.every(listenedEnough)) { updateChoices(); return; }
   await Promise.all(cards.map((card) => card.report && card.report()));  // playback first, then the choice
   try {
     await post(`/v1/comparisons/${comparison.id}/preference`, { choice });
-    document.querySelectorAll("#comparison button").forEach((b) => { b.disabled = true; });
+    answered = true;
+    choiceButtons().forEach((b) => { b.disabled = true; });
     if (winner) winner.classList.add("winner");
     say("Thank you! Your choice was recorded. Try another prompt.");
   } catch (error) {

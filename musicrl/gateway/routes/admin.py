@@ -3,7 +3,7 @@
 from fastapi import APIRouter
 
 from musicrl.gateway.deps import AdminCaller, StateDep
-from musicrl.gateway.routes import AUTHENTICATED, errors
+from musicrl.gateway.routes import AUTHENTICATED, WITH_BODY, errors
 from musicrl.gateway.schemas import RoutingPublic
 from musicrl.rollout.routing import RoutingTable, rollout_event
 from musicrl.v1 import events_pb2
@@ -17,7 +17,7 @@ async def read_routing(state: StateDep, caller: AdminCaller) -> RoutingPublic:
     return RoutingPublic.model_validate((await state.routing.get()).to_wire())
 
 
-@router.put("/routing", responses=errors(400, *AUTHENTICATED, 503), summary="Replace the routing table")
+@router.put("/routing", responses=errors(400, *AUTHENTICATED, *WITH_BODY, 503), summary="Replace the routing table")
 async def update_routing(routing_in: RoutingPublic, state: StateDep, caller: AdminCaller) -> RoutingPublic:
     table = RoutingTable.from_wire(routing_in.model_dump())
     revision = await state.routing.put(table)

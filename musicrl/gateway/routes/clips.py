@@ -19,7 +19,7 @@ IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}  # a clip 
 @router.get(
     "/{clip_id}.wav",
     response_class=Response,
-    responses={200: {"content": {"audio/wav": {}}, "description": "The clip."}, **errors(*AUTHENTICATED, 404)},
+    responses={200: {"content": {"audio/wav": {}}, "description": "The clip."}, **errors(*AUTHENTICATED, 404, 422)},
     summary="A clip as a WAV file",
 )
 async def read_clip_audio(clip_id: ClipId, state: StateDep, caller: CallerDep) -> Response:
@@ -35,7 +35,7 @@ async def read_clip_audio(clip_id: ClipId, state: StateDep, caller: CallerDep) -
     response_class=Response,
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "int64 [K, T] as a NumPy .npy file."},
-        **errors(*AUTHENTICATED, 404),
+        **errors(*AUTHENTICATED, 404, 422),
     },
     summary="A clip's audio tokens",
 )

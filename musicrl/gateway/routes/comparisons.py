@@ -1,14 +1,16 @@
 """A/B comparisons and their feedback: the paper's data collection (MusicRL §3.3)."""
 
-from typing import Annotated
+import math
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Response, status
 
 from musicrl.config import SamplingParams
-from musicrl.errors import InvalidRequest
+from musicrl.gateway.clips import ClipRecord
 from musicrl.gateway.comparisons import ServedComparison
-from musicrl.gateway.deps import FeedbackCaller, GenerateCaller, IdempotencyDep, StateDep, user_id
-from musicrl.gateway.routes import AUTHENTICATED, errors
+from musicrl.gateway.deps import CompareCaller, FeedbackCaller, IdempotencyDep, StateDep, listener_of
+from musicrl.gateway.limits import check_limits
+from musicrl.gateway.routes import AUTHENTICATED, WITH_BODY, errors
 from musicrl.gateway.schemas import (
     UUID_PATTERN,
     ComparisonClipPublic,
@@ -28,32 +30,30 @@ FEEDBACK_LEASE_S = 0.0  # feedback only publishes events with derived ids: a con
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses=errors(400, *AUTHENTICATED, 409, 503),
+    responses=errors(400, *AUTHENTICATED, 409, *WITH_BODY, 503),
     summary="Two clips for one prompt, in random order",
 )
 async def create_comparison(
-    comparison_in: ComparisonCreate, state: StateDep, caller: GenerateCaller, idem: IdempotencyDep, response: Response
+    comparison_in: ComparisonCreate, state: StateDep, caller: CompareCaller, idem: IdempotencyDep, response: Response
 ) -> ComparisonPublic:
     limits = state.config.limits
-    prompt = comparison_in.prompt
-    if not prompt.strip():
-        raise InvalidRequest("prompt is blank")
-    if len(prompt) > limits.max_prompt_chars:
-        raise InvalidRequest(f"prompt has {len(prompt)} characters; the maximum is {limits.max_prompt_chars}")
+    check_limits(comparison_in, limits)
     params = SamplingParams(duration_s=limits.comparison_duration_s)
-    listener = user_id(state, caller, comparison_in.listener_id)
+    listener = listener_of(state, caller, comparison_in.listener_id)
+    scoped = idem.for_user(listener.user_id)
 
     async def serve() -> ComparisonPublic:
-        return comparison_public(await state.comparisons.serve(prompt, params, listener, idem))
+        served = await state.comparisons.serve(comparison_in.prompt, params, listener, scoped)
+        return comparison_public(served, limits.min_listened_share)
 
     # both clips are generated inside the request: the lease covers the longest wait the server allows
-    return await idem.run(serve, ComparisonPublic, limits.wait_timeout_s, response)
+    return await scoped.run(serve, ComparisonPublic, limits.wait_timeout_s, response)
 
 
 @router.post(
     "/{comparison_id}/playback",
     status_code=status.HTTP_201_CREATED,
-    responses=errors(400, *AUTHENTICATED, 404, 409, 503),
+    responses=errors(400, *AUTHENTICATED, 404, 409, *WITH_BODY, 503),
     summary="Report how much of a clip was listened to",
 )
 async def create_playback(
@@ -64,22 +64,23 @@ async def create_playback(
     idem: IdempotencyDep,
     response: Response,
 ) -> EventPublic:
-    listener = user_id(state, caller, playback_in.listener_id)
+    listener = listener_of(state, caller, playback_in.listener_id)
+    scoped = idem.for_user(listener.user_id)
 
     async def record() -> EventPublic:
-        event_id = idem.new_id("event/playback")
+        event_id = scoped.new_id("event/playback")
         await state.feedback.playback(
             comparison_id, playback_in.clip_id, playback_in.listened_ms, playback_in.completed, listener, event_id
         )
         return EventPublic(event_id=event_id)
 
-    return await idem.run(record, EventPublic, FEEDBACK_LEASE_S, response)
+    return await scoped.run(record, EventPublic, FEEDBACK_LEASE_S, response)
 
 
 @router.post(
     "/{comparison_id}/preference",
     status_code=status.HTTP_201_CREATED,
-    responses=errors(400, *AUTHENTICATED, 404, 409, 503),
+    responses=errors(400, *AUTHENTICATED, 404, 409, *WITH_BODY, 503),
     summary="Award the trophy (or a tie, or none)",
 )
 async def create_preference(
@@ -90,22 +91,31 @@ async def create_preference(
     idem: IdempotencyDep,
     response: Response,
 ) -> EventPublic:
-    listener = user_id(state, caller, preference_in.listener_id)
+    listener = listener_of(state, caller, preference_in.listener_id)
+    scoped = idem.for_user(listener.user_id)
 
     async def record() -> EventPublic:
-        event_id = idem.new_id("event/preference")
+        event_id = scoped.new_id("event/preference")
         await state.feedback.preference(comparison_id, preference_in.choice, listener, event_id)
         return EventPublic(event_id=event_id)
 
-    return await idem.run(record, EventPublic, FEEDBACK_LEASE_S, response)
+    return await scoped.run(record, EventPublic, FEEDBACK_LEASE_S, response)
 
 
-def comparison_public(served: ServedComparison) -> ComparisonPublic:
+def comparison_public(served: ServedComparison, min_listened_share: float) -> ComparisonPublic:
+    """The reply: both clips in display order, each with how much of it must be played for a vote to count."""
     a, b = served.clips
-    clips = [
-        ComparisonClipPublic(slot="a", id=a.clip_id, audio_url=f"/v1/clips/{a.clip_id}.wav"),
-        ComparisonClipPublic(slot="b", id=b.clip_id, audio_url=f"/v1/clips/{b.clip_id}.wav"),
-    ]
+    clips = [_clip_public("a", a, min_listened_share), _clip_public("b", b, min_listened_share)]
     if not served.stored.a_first:
         clips.reverse()
     return ComparisonPublic(id=served.stored.id, prompt=served.stored.prompt, clips=clips)
+
+
+def _clip_public(slot: Literal["a", "b"], clip: ClipRecord, min_listened_share: float) -> ComparisonClipPublic:
+    return ComparisonClipPublic(
+        slot=slot,
+        id=clip.clip_id,
+        audio_url=f"/v1/clips/{clip.clip_id}.wav",
+        duration_s=clip.duration_s,
+        min_listened_ms=max(1, math.ceil(clip.duration_s * 1000 * min_listened_share)),
+    )

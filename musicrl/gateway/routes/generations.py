@@ -5,56 +5,49 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 
 from musicrl.config import SamplingParams
-from musicrl.errors import InvalidRequest
-from musicrl.gateway.deps import GenerateCaller, IdempotencyDep, StateDep
+from musicrl.gateway.deps import GenerateCaller, IdempotencyDep, StateDep, listener_of
 from musicrl.gateway.jobs import Job, JobStatus
-from musicrl.gateway.routes import AUTHENTICATED, errors
+from musicrl.gateway.limits import check_limits
+from musicrl.gateway.routes import AUTHENTICATED, WITH_BODY, errors
 from musicrl.gateway.schemas import UUID_PATTERN, ClipPublic, GenerationCreate, GenerationPublic
 
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
+DEFAULT_DURATION_S = 10.0  # long enough to hear where the music goes
 SUBMIT_LEASE_S = 30.0  # recording a queued job takes milliseconds; the generation itself runs after the reply
 
 
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
-    responses=errors(400, *AUTHENTICATED, 409, 503),
+    responses=errors(400, *AUTHENTICATED, 409, *WITH_BODY, 503),
     summary="Start generating clips for a prompt",
 )
 async def create_generation(
     generation_in: GenerationCreate, state: StateDep, caller: GenerateCaller, idem: IdempotencyDep, response: Response
 ) -> GenerationPublic:
     limits = state.config.limits
-    if len(generation_in.prompt) > limits.max_prompt_chars:
-        raise InvalidRequest(
-            f"prompt has {len(generation_in.prompt)} characters; the maximum is {limits.max_prompt_chars}"
-        )
-    if generation_in.duration_s > limits.max_duration_s:
-        raise InvalidRequest(
-            f"duration_s {generation_in.duration_s} is above the maximum of {limits.max_duration_s} s"
-        )
-    if generation_in.num_clips > limits.max_clips_per_job:
-        raise InvalidRequest(f"num_clips {generation_in.num_clips} is above the maximum of {limits.max_clips_per_job}")
-    if not generation_in.prompt.strip():
-        raise InvalidRequest("prompt is blank")
+    check_limits(generation_in, limits)
     params = SamplingParams(
-        duration_s=generation_in.duration_s,
+        duration_s=generation_in.duration_s or min(DEFAULT_DURATION_S, limits.max_duration_s),
         temperature=generation_in.temperature,
         top_k=generation_in.top_k,
         guidance_scale=generation_in.guidance_scale,
     )
+    scoped = idem.for_user(listener_of(state, caller, generation_in.listener_id).user_id)
 
     async def submit() -> GenerationPublic:
-        job = await state.jobs.submit(generation_in.prompt, params, generation_in.num_clips, idem)
+        job = await state.jobs.submit(generation_in.prompt, params, generation_in.num_clips, scoped)
         return generation_public(job)
 
-    generation = await idem.run(submit, GenerationPublic, SUBMIT_LEASE_S, response)
+    generation = await scoped.run(submit, GenerationPublic, SUBMIT_LEASE_S, response)
     response.headers["Location"] = f"/v1/generations/{generation.id}"
     return generation
 
 
-@router.get("/{generation_id}", responses=errors(*AUTHENTICATED, 404), summary="A generation job and its clips")
+@router.get(
+    "/{generation_id}", responses=errors(*AUTHENTICATED, 404, 422, 503), summary="A generation job and its clips"
+)
 async def read_generation(
     generation_id: Annotated[str, Path(pattern=UUID_PATTERN, description="Generation job id.")],
     state: StateDep,

@@ -1,4 +1,10 @@
-"""Probes and metrics: ``/healthz`` (the process runs), ``/readyz`` (NATS and the generator answer), ``/metrics``."""
+"""Probes and metrics: ``/healthz`` (the process runs), ``/readyz`` (it can serve), ``/metrics``.
+
+Readiness means this process can take traffic: it is connected to NATS, which every write needs. It does
+not depend on the generator: when the generator is down, feedback, playback, clip downloads and the page
+still work, and generation requests get a 503 of their own. Generator health is in the
+``musicrl_gateway_upstream_ready`` gauge and in each generation request's reply.
+"""
 
 from fastapi import APIRouter, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,14 +23,11 @@ async def healthz() -> HealthPublic:
 
 @router.get(
     "/readyz",
-    responses={503: {"model": HealthPublic, "description": "A dependency is unavailable."}},
-    summary="Readiness: NATS connected and the stable generator ready",
+    responses={503: {"model": HealthPublic, "description": "Not connected to NATS."}},
+    summary="Readiness: connected to NATS",
 )
 async def readyz(state: StateDep, response: Response) -> HealthPublic:
-    checks = {
-        "nats": state.nats.is_connected,
-        "generator": await state.generator.is_ready((await state.routing.get()).stable),
-    }
+    checks = {"nats": state.nats.is_connected}
     ready = all(checks.values())
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE

@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter, Response, status
 
-from musicrl.gateway.deps import IdempotencyDep, RateCaller, StateDep, user_id
-from musicrl.gateway.routes import AUTHENTICATED, errors
+from musicrl.gateway.deps import IdempotencyDep, RateCaller, StateDep, listener_of
+from musicrl.gateway.routes import AUTHENTICATED, WITH_BODY, errors
 from musicrl.gateway.routes.comparisons import FEEDBACK_LEASE_S
 from musicrl.gateway.schemas import EventPublic, RatingCreate
 
@@ -14,17 +14,18 @@ router = APIRouter(prefix="/v1/ratings", tags=["ratings"])
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses=errors(400, *AUTHENTICATED, 404, 409, 503),
+    responses=errors(400, *AUTHENTICATED, 404, 409, *WITH_BODY, 503),
     summary="Rate a clip's acoustic quality from 1 to 5",
 )
 async def create_rating(
     rating_in: RatingCreate, state: StateDep, caller: RateCaller, idem: IdempotencyDep, response: Response
 ) -> EventPublic:
-    rater = user_id(state, caller, rating_in.listener_id)
+    rater = listener_of(state, caller, rating_in.listener_id)
+    scoped = idem.for_user(rater.user_id)
 
     async def record() -> EventPublic:
-        event_id = idem.new_id("event/rating")
+        event_id = scoped.new_id("event/rating")
         await state.feedback.rating(rating_in.clip_id, rating_in.score, rater, event_id)
         return EventPublic(event_id=event_id)
 
-    return await idem.run(record, EventPublic, FEEDBACK_LEASE_S, response)
+    return await scoped.run(record, EventPublic, FEEDBACK_LEASE_S, response)

@@ -19,7 +19,8 @@ def _header(n: int = 1) -> events_pb2.EventHeader:
     return events_pb2.EventHeader(
         event_id=f"3f1c2a4e-0000-4000-8000-00000000000{n}",
         occurred_at=timestamp_pb2.Timestamp(seconds=1_760_000_000 + n, nanos=123_000_000),
-        schema_version=1,
+        schema_version=2,
+        request_id=f"req-{n}",
     )
 
 
@@ -51,6 +52,7 @@ def _full_events() -> dict[type[Message], Message]:
             clip_b=events_pb2.ClipRef(clip_id="clip-2", policy=_policy("v4"), audio_uri="s3://b.wav"),
             display_order=events_pb2.DISPLAY_ORDER_B_FIRST,
             user_id="u-5e884898",
+            page_session=True,
         ),
         events_pb2.Playback: events_pb2.Playback(
             header=_header(3),
@@ -59,12 +61,17 @@ def _full_events() -> dict[type[Message], Message]:
             listened_ms=8_000,
             completed=True,
             user_id="u-5e884898",
+            page_session=True,
         ),
         events_pb2.PreferenceSubmitted: events_pb2.PreferenceSubmitted(
-            header=_header(4), comparison_id="cmp-1", choice=events_pb2.CHOICE_TIE, user_id="u-5e884898"
+            header=_header(4),
+            comparison_id="cmp-1",
+            choice=events_pb2.CHOICE_TIE,
+            user_id="u-5e884898",
+            page_session=True,
         ),
         events_pb2.QualityRating: events_pb2.QualityRating(
-            header=_header(5), clip_id="clip-1", rater_id="r-42", score=4
+            header=_header(5), clip_id="clip-1", rater_id="r-42", score=4, page_session=True
         ),
         events_pb2.PolicyRollout: events_pb2.PolicyRollout(
             header=_header(6),

@@ -6,6 +6,7 @@ import pyarrow as pa
 import pytest
 from google.protobuf import timestamp_pb2
 
+from musicrl.bus.events import SCHEMA_VERSION
 from musicrl.bus.subjects import EVENT_TYPES, kind_of
 from musicrl.data.event_tables import RecordedEvent, arrow_schema, enum_label, event_row, to_table
 from musicrl.v1 import events_pb2
@@ -13,7 +14,7 @@ from tests.utils import events
 
 
 RECORDED_AT = datetime.datetime(2026, 3, 2, 8, 30, 15, 250_000, tzinfo=datetime.UTC)
-HEADER_COLUMNS = ["event_id", "occurred_at", "schema_version"]
+HEADER_COLUMNS = ["event_id", "occurred_at", "schema_version", "request_id"]
 RECORDER_COLUMNS = ["recorded_at", "stream_sequence"]
 
 
@@ -31,7 +32,7 @@ def _all_kinds() -> list:
 @pytest.mark.parametrize("message_type", EVENT_TYPES, ids=kind_of)
 def test_every_event_type_has_a_flat_schema(message_type):
     schema = arrow_schema(message_type)
-    assert schema.names[:3] == HEADER_COLUMNS
+    assert schema.names[:4] == HEADER_COLUMNS
     assert schema.names[-2:] == RECORDER_COLUMNS
     assert schema.field("event_id").type == pa.string()
     assert schema.field("schema_version").type == pa.int32()
@@ -53,7 +54,7 @@ def test_every_proto_field_has_a_column():
 
 def test_nested_messages_are_flattened_with_underscores():
     served = arrow_schema(events_pb2.ComparisonServed).names
-    assert served[3:-2] == [
+    assert served[4:-2] == [
         "comparison_id",
         "prompt",
         "clip_a_clip_id",
@@ -66,6 +67,7 @@ def test_nested_messages_are_flattened_with_underscores():
         "clip_b_audio_uri",
         "display_order",
         "user_id",
+        "page_session",
     ]
     generated = arrow_schema(events_pb2.GenerationCompleted)
     assert generated.field("policy_model_uri").type == pa.string()
@@ -99,7 +101,7 @@ def test_round_trip_keeps_every_value():
     assert row["event_id"] == event.header.event_id
     assert row["occurred_at"] == events.at(90)
     assert row["occurred_at"].utcoffset() == datetime.timedelta(0)
-    assert row["schema_version"] == 1
+    assert row["schema_version"] == SCHEMA_VERSION
     assert row["comparison_id"] == "cmp-7"
     assert row["prompt"] == "dark ambient drone"
     assert (row["clip_a_clip_id"], row["clip_b_clip_id"]) == ("clip-a", "clip-b")
