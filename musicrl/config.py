@@ -101,14 +101,22 @@ class BatchingConfig:
     Attributes:
         max_batch_size: Most clips decoded together in one engine call.
         max_queue_delay_ms: Longest a request waits for others to fill the batch.
+        max_queued_rows: Most rows waiting for a batch; a request that would exceed it is refused with a 503
+            (``Overloaded``) instead of waiting behind an unbounded queue.
     """
 
     max_batch_size: int = 16  # on a GPU the decode step is memory-bound well past 16 clips
     max_queue_delay_ms: float = 20.0  # ~one decode step of a small model; invisible next to a clip's generation
+    max_queued_rows: int = 128  # eight full batches: beyond that a client is better off retrying elsewhere
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise InvalidRequest(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_queued_rows < self.max_batch_size:
+            raise InvalidRequest(
+                f"max_queued_rows ({self.max_queued_rows}) must be >= max_batch_size ({self.max_batch_size}), "
+                "or a full request could never be queued"
+            )
         if not (math.isfinite(self.max_queue_delay_ms) and self.max_queue_delay_ms >= 0):
             raise InvalidRequest(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
 

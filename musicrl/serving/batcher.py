@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from musicrl.config import BatchingConfig
+from musicrl.errors import Overloaded
 from musicrl.serving import metrics
 from musicrl.serving.torch_thread import torch_executor
 
@@ -68,9 +69,16 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             One result per row, in order.
 
         Raises:
+            Overloaded: Queueing these rows would exceed ``max_queued_rows``; nothing was queued.
             Exception: Whatever ``run_batch`` raised for a batch holding one of these rows.
         """
         queue = self._ensure_started()
+        if queue.qsize() + len(items) > self.config.max_queued_rows:
+            metrics.OVERLOADED.labels(model=self.model_name).inc()
+            raise Overloaded(
+                f"{queue.qsize()} rows are already waiting for the {self.model_name} model (at most "
+                f"{self.config.max_queued_rows}); retry shortly"
+            )
         loop = asyncio.get_running_loop()
         pending = [_Pending(item, loop.create_future(), time.monotonic()) for item in items]
         for p in pending:

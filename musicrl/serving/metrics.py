@@ -45,3 +45,8 @@ AUDIO_SECONDS = Counter(
     "Seconds of audio generated.",
     ["model"],
 )
+OVERLOADED = Counter(
+    "musicrl_batch_overloaded_total",
+    "Requests refused because the batcher's queue was full (answered 503).",
+    ["model"],
+)

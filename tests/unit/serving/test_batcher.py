@@ -4,6 +4,7 @@ import threading
 import pytest
 
 from musicrl.config import BatchingConfig
+from musicrl.errors import InvalidRequest, Overloaded
 from musicrl.serving.batcher import MicroBatcher
 
 
@@ -95,3 +96,31 @@ def test_a_caller_that_went_away_is_skipped():
     assert asyncio.run(scenario()) == [10]
     batcher.close()
     assert [99] not in runner.batches and all(99 not in b for b in runner.batches)
+
+
+def test_a_full_queue_refuses_new_rows_instead_of_growing():
+    release = threading.Event()
+
+    def blocking(items: list[int]) -> list[int]:
+        release.wait(10)
+        return items
+
+    batcher = MicroBatcher(blocking, BatchingConfig(max_batch_size=2, max_queue_delay_ms=0, max_queued_rows=3), "t")
+
+    async def scenario():
+        running = asyncio.ensure_future(batcher.submit([1, 2]))  # taken by the worker: the queue is empty again
+        await asyncio.sleep(0.2)
+        queued = asyncio.ensure_future(batcher.submit([3, 4, 5]))  # fills the queue to its bound
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match="3 rows are already waiting"):
+            await batcher.submit([6])
+        release.set()
+        return await running, await queued
+
+    assert asyncio.run(scenario()) == ([1, 2], [3, 4, 5])  # what was accepted still completes
+    batcher.close()
+
+
+def test_a_queue_bound_below_the_batch_size_is_refused():
+    with pytest.raises(InvalidRequest, match="max_queued_rows"):
+        BatchingConfig(max_batch_size=16, max_queued_rows=8)
