@@ -53,13 +53,17 @@ class StoredComparison:
     user_id: str
     page_session: bool = False  # records written before the field existed came from either kind
 
-    def check_listener(self, listener: Listener) -> None:
-        """Raise Forbidden unless ``listener`` is the one this comparison was served to."""
-        if listener.user_id != self.user_id:
-            raise Forbidden(
-                f"comparison {self.id!r} was served to another listener; send feedback with the same "
-                "listener_id (or page session) the comparison was created with"
-            )
+    def check_listener(self, listener: Listener) -> bool:
+        """Whether ``listener`` is another listener than the one this comparison was served to.
+
+        Raises:
+            Forbidden: A page session's feedback on a comparison served to someone else: a session cannot
+                be forged, so another session's comparison id can only have leaked.
+        """
+        other = listener.user_id != self.user_id
+        if other and (listener.page_session or self.page_session):
+            raise Forbidden(f"comparison {self.id!r} was served to another listener")
+        return other
 
     def slot_of(self, clip_id: str) -> str:
         """``a`` or ``b``. Raises InvalidRequest for a clip of another comparison."""

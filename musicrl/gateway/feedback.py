@@ -41,10 +41,10 @@ class FeedbackService:
         Raises:
             NotFound: An unknown comparison.
             InvalidRequest: A clip of another comparison.
-            Forbidden: The comparison was served to another listener.
+            Forbidden: A page session's feedback on a comparison served to another listener.
         """
         comparison = await self.comparisons.get(comparison_id)
-        comparison.check_listener(listener)
+        other_listener = comparison.check_listener(listener)
         comparison.slot_of(clip_id)
         await self.publisher.publish(
             events_pb2.Playback(
@@ -55,6 +55,7 @@ class FeedbackService:
                 completed=completed,
                 user_id=listener.user_id,
                 page_session=listener.page_session,
+                other_listener=other_listener,
             )
         )
 
@@ -63,10 +64,10 @@ class FeedbackService:
 
         Raises:
             NotFound: An unknown comparison.
-            Forbidden: The comparison was served to another listener.
+            Forbidden: A page session's feedback on a comparison served to another listener.
         """
         comparison = await self.comparisons.get(comparison_id)
-        comparison.check_listener(listener)
+        other_listener = comparison.check_listener(listener)
         await self.publisher.publish(
             events_pb2.PreferenceSubmitted(
                 header=new_header(event_id),
@@ -74,6 +75,7 @@ class FeedbackService:
                 choice=CHOICES[choice],
                 user_id=listener.user_id,
                 page_session=listener.page_session,
+                other_listener=other_listener,
             )
         )
 

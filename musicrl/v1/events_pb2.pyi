@@ -133,7 +133,7 @@ class ComparisonServed(_message.Message):
     def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., comparison_id: _Optional[str] = ..., prompt: _Optional[str] = ..., clip_a: _Optional[_Union[ClipRef, _Mapping]] = ..., clip_b: _Optional[_Union[ClipRef, _Mapping]] = ..., display_order: _Optional[_Union[DisplayOrder, str]] = ..., user_id: _Optional[str] = ..., page_session: _Optional[bool] = ...) -> None: ...
 
 class Playback(_message.Message):
-    __slots__ = ("header", "comparison_id", "clip_id", "listened_ms", "completed", "user_id", "page_session")
+    __slots__ = ("header", "comparison_id", "clip_id", "listened_ms", "completed", "user_id", "page_session", "other_listener")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     COMPARISON_ID_FIELD_NUMBER: _ClassVar[int]
     CLIP_ID_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,7 @@ class Playback(_message.Message):
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SESSION_FIELD_NUMBER: _ClassVar[int]
+    OTHER_LISTENER_FIELD_NUMBER: _ClassVar[int]
     header: EventHeader
     comparison_id: str
     clip_id: str
@@ -148,21 +149,24 @@ class Playback(_message.Message):
     completed: bool
     user_id: str
     page_session: bool
-    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., comparison_id: _Optional[str] = ..., clip_id: _Optional[str] = ..., listened_ms: _Optional[int] = ..., completed: _Optional[bool] = ..., user_id: _Optional[str] = ..., page_session: _Optional[bool] = ...) -> None: ...
+    other_listener: bool
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., comparison_id: _Optional[str] = ..., clip_id: _Optional[str] = ..., listened_ms: _Optional[int] = ..., completed: _Optional[bool] = ..., user_id: _Optional[str] = ..., page_session: _Optional[bool] = ..., other_listener: _Optional[bool] = ...) -> None: ...
 
 class PreferenceSubmitted(_message.Message):
-    __slots__ = ("header", "comparison_id", "choice", "user_id", "page_session")
+    __slots__ = ("header", "comparison_id", "choice", "user_id", "page_session", "other_listener")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     COMPARISON_ID_FIELD_NUMBER: _ClassVar[int]
     CHOICE_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SESSION_FIELD_NUMBER: _ClassVar[int]
+    OTHER_LISTENER_FIELD_NUMBER: _ClassVar[int]
     header: EventHeader
     comparison_id: str
     choice: Choice
     user_id: str
     page_session: bool
-    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., comparison_id: _Optional[str] = ..., choice: _Optional[_Union[Choice, str]] = ..., user_id: _Optional[str] = ..., page_session: _Optional[bool] = ...) -> None: ...
+    other_listener: bool
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., comparison_id: _Optional[str] = ..., choice: _Optional[_Union[Choice, str]] = ..., user_id: _Optional[str] = ..., page_session: _Optional[bool] = ..., other_listener: _Optional[bool] = ...) -> None: ...
 
 class QualityRating(_message.Message):
     __slots__ = ("header", "clip_id", "rater_id", "score", "page_session")

@@ -3,15 +3,21 @@
 Each test names the defect it guards against; all of them failed on the gateway before it was hardened.
 """
 
+import asyncio
+import contextlib
 import json
 import math
 import socket
 import threading
 import time
 
+import nats.errors
 import pytest
 import requests
 
+from musicrl.bus.connection import connect
+from musicrl.bus.events import decode_event
+from musicrl.config import BusConfig
 from musicrl.gateway.auth import Scope, new_api_key
 from tests.utils.platform import running_platform
 
@@ -42,6 +48,25 @@ def _comparison(platform, listener_id: str = "listener-1") -> dict:
     )
     assert reply.status_code == 201, reply.text
     return reply.json()
+
+
+def _preferences(platform, comparison_id: str) -> list:
+    """The PreferenceSubmitted events of one comparison, read straight from the stream."""
+
+    async def read() -> list:
+        client, js = await connect(BusConfig(nats_url=platform.nats.url), "test-reader")
+        try:
+            sub = await js.pull_subscribe("musicrl.v1.preference_submitted", stream="MUSICRL")
+            found = []
+            with contextlib.suppress(nats.errors.TimeoutError):
+                while True:
+                    found += [decode_event(m.subject, m.data) for m in await sub.fetch(100, timeout=1)]
+            await sub.unsubscribe()
+            return [e for e in found if e.comparison_id == comparison_id]
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
 
 
 def _assert_one_error_shape(reply: requests.Response, status: int) -> dict:
@@ -191,15 +216,24 @@ def test_idempotency_keys_are_scoped_by_listener(platform):
     assert event_ids[0] != event_ids[1]
 
 
-def test_feedback_on_someone_elses_comparison_is_refused(platform):
+def test_feedback_on_another_listeners_comparison_is_flagged_or_refused(platform):
     comparison = _comparison(platform, "alice")
-    url = f"{platform.url}/v1/comparisons/{comparison['id']}"
-    clip = comparison["clips"][0]["id"]
-    for path, body in (("/preference", {"choice": "a"}), ("/playback", {"clip_id": clip, "listened_ms": 300})):
-        reply = requests.post(url + path, json={**body, "listener_id": "mallory"}, headers=platform.headers())
+    url = f"{platform.url}/v1/comparisons/{comparison['id']}/preference"
+    # an API-key client may let several of its listeners judge one comparison: accepted, and flagged
+    shared = requests.post(url, json={"choice": "a", "listener_id": "carol"}, headers=platform.headers())
+    own = requests.post(url, json={"choice": "b", "listener_id": "alice"}, headers=platform.headers())
+    assert shared.status_code == own.status_code == 201
+    flags = {e.header.event_id: e.other_listener for e in _preferences(platform, comparison["id"])}
+    assert flags == {shared.json()["event_id"]: True, own.json()["event_id"]: False}
+    # a page session cannot be forged: another session's comparison id can only have leaked
+    page = requests.Session()
+    page.get(platform.url + "/")
+    for path, body in (
+        ("/preference", {"choice": "a"}),
+        ("/playback", {"clip_id": comparison["clips"][0]["id"], "listened_ms": 300}),
+    ):
+        reply = page.post(f"{platform.url}/v1/comparisons/{comparison['id']}{path}", json=body, headers=PAGE)
         assert reply.status_code == 403 and "served to another listener" in reply.json()["detail"]
-    own = requests.post(url + "/preference", json={"choice": "a", "listener_id": "alice"}, headers=platform.headers())
-    assert own.status_code == 201
 
 
 def test_each_clip_says_how_much_must_be_played(platform):

@@ -6,7 +6,8 @@ from musicrl.gateway.schemas import ErrorPublic, ValidationErrorPublic
 DESCRIPTIONS = {
     400: "The request cannot be acted on (for example, a clip that is not part of the comparison).",
     401: "Missing, unknown, forged or expired credentials.",
-    403: "The credentials lack the scope this call needs, or the comparison was served to another listener.",
+    403: "The credentials lack the scope this call needs, or a page session sent feedback on another "
+    "session's comparison.",
     404: "No such resource.",
     409: "A request with this Idempotency-Key is still in progress; retry after Retry-After seconds.",
     413: "The request body is larger than the gateway accepts.",

@@ -62,6 +62,7 @@ def _full_events() -> dict[type[Message], Message]:
             completed=True,
             user_id="u-5e884898",
             page_session=True,
+            other_listener=True,
         ),
         events_pb2.PreferenceSubmitted: events_pb2.PreferenceSubmitted(
             header=_header(4),
@@ -69,6 +70,7 @@ def _full_events() -> dict[type[Message], Message]:
             choice=events_pb2.CHOICE_TIE,
             user_id="u-5e884898",
             page_session=True,
+            other_listener=True,
         ),
         events_pb2.QualityRating: events_pb2.QualityRating(
             header=_header(5), clip_id="clip-1", rater_id="r-42", score=4, page_session=True
