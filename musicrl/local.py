@@ -8,7 +8,6 @@ Like Kubernetes, ``musicrl up`` keeps the services running: one that exits is re
 exponential backoff (:class:`RestartPolicy`), and only a service that keeps crashing stops the platform.
 """
 
-import contextlib
 import errno
 import json
 import logging
@@ -311,7 +310,7 @@ def run_local_platform(config: LocalPlatformConfig) -> None:
         assert nats.process is not None  # start() returns only with a running server
         supervisor.add("nats", nats.process, lambda: _relaunch_nats(nats))
         _start_services(config, state, nats.url, supervisor)
-        if not _wait_ready(f"http://127.0.0.1:{config.gateway_port}/readyz", supervisor, stop, logs):
+        if not _wait_ready(_readiness_urls(config), supervisor, stop, logs):
             return
         logger.info("the listening page: http://127.0.0.1:%d/", config.gateway_port)
         logger.info("API docs at /docs; the local admin API key is in %s", state / "admin.key")
@@ -429,8 +428,17 @@ def _spawn(service: str, state: Path, env: Mapping[str, str]) -> subprocess.Pope
         )
 
 
-def _wait_ready(url: str, supervisor: Supervisor, stop: threading.Event, logs: Path) -> bool:
-    """Wait until ``url`` answers 200 (True) or a stop is requested (False)."""
+def _readiness_urls(config: LocalPlatformConfig) -> list[str]:
+    # the generator's own probe too: the gateway's /readyz may answer before the model is loaded
+    return [
+        f"http://127.0.0.1:{config.gateway_port}/readyz",
+        f"http://127.0.0.1:{config.generator_http_port}/v2/health/ready",
+    ]
+
+
+def _wait_ready(urls: list[str], supervisor: Supervisor, stop: threading.Event, logs: Path) -> bool:
+    """Wait until every one of ``urls`` has answered 200 (True) or a stop is requested (False)."""
+    pending = list(urls)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         exited = supervisor.exited()
@@ -438,12 +446,19 @@ def _wait_ready(url: str, supervisor: Supervisor, stop: threading.Event, logs: P
             name, code = next(iter(exited.items()))
             log = logs / f"{name}.log"
             raise MusicRLError(f"{name} {exit_reason(code)} during start-up; the end of {log}:\n{_tail(log)}")
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(url, timeout=2).status_code == 200:
-                return True
+        pending = [url for url in pending if not _answers_200(url)]
+        if not pending:
+            return True
         if stop.wait(POLL_S):
             return False
-    raise MusicRLError(f"the platform was not ready after {READY_TIMEOUT_S:.0f} s ({url})")
+    raise MusicRLError(f"the platform was not ready after {READY_TIMEOUT_S:.0f} s ({', '.join(pending)})")
+
+
+def _answers_200(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:  # not listening yet: start-up is what is being waited for
+        return False
 
 
 def _tail(path: Path) -> str:

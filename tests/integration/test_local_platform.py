@@ -41,7 +41,8 @@ def test_up_serves_the_page_and_the_api_then_stops_everything_on_ctrl_c(tmp_path
     up, ports = _start_up(tmp_path)
     base = f"http://127.0.0.1:{ports['gateway']}"
     try:
-        _wait_until(lambda: _status(f"{base}/readyz") == 200, up, tmp_path)
+        _wait_until(lambda: _platform_ready(tmp_path), up, tmp_path)
+        assert _status(f"{base}/readyz") == 200
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) == 4  # nats-server, generator, recorder, gateway
         key = (tmp_path / "state" / "admin.key").read_text().strip()
@@ -67,11 +68,13 @@ def test_a_killed_recorder_is_restarted_while_the_gateway_keeps_accepting_events
     up, ports = _start_up(tmp_path, "--restart-backoff-s", "3", "--max-crashes", "2")
     base, metrics = f"http://127.0.0.1:{ports['gateway']}", f"http://127.0.0.1:{ports['metrics']}/metrics"
     try:
-        _wait_until(lambda: _status(f"{base}/readyz") == 200 and _status(metrics) == 200, up, tmp_path)
+        _wait_until(lambda: _platform_ready(tmp_path) and _status(metrics) == 200, up, tmp_path)
         headers = {"Authorization": f"Bearer {(tmp_path / 'state' / 'admin.key').read_text().strip()}"}
         comparison = requests.post(f"{base}/v1/comparisons", json={"prompt": "surf rock"}, headers=headers)
         assert comparison.status_code == 201, comparison.text
-        (first,) = _recorders(up)
+        recorders = _recorders(up)
+        assert len(recorders) == 1, _logs(tmp_path)
+        first = recorders[0]
 
         first.kill()
         first.wait(timeout=10)
@@ -79,14 +82,14 @@ def test_a_killed_recorder_is_restarted_while_the_gateway_keeps_accepting_events
             f"{base}/v1/ratings", json={"clip_id": comparison.json()["clips"][0]["id"], "score": 4}, headers=headers
         )
         assert rating.status_code == 201, rating.text
-        assert _recorders(up) == []  # the event was accepted while no recorder ran
+        assert _recorders(up) == [], _logs(tmp_path)  # the event was accepted while no recorder ran
         health = []
         while not _recorders(up):
             _check_running(up, tmp_path)
             health.append(_status(f"{base}/healthz"))
             time.sleep(0.2)
 
-        assert health and set(health) == {200}  # the gateway answered throughout the recorder's absence
+        assert health and set(health) == {200}, health  # the gateway answered throughout the recorder's absence
         (second,) = _recorders(up)
         assert second.pid != first.pid
         _wait_until(lambda: _status(metrics) == 200, up, tmp_path)
@@ -116,9 +119,23 @@ def _recorders(up: subprocess.Popen) -> list[psutil.Process]:
     return found
 
 
+def _logs(tmp_path) -> str:
+    """``musicrl up``'s output and the recorder's log, for a failure message."""
+    return "\n".join(
+        f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
+        for path in (tmp_path / "up.log", tmp_path / "state" / "logs" / "recorder.log")
+        if path.exists()
+    )
+
+
 def _check_running(process: subprocess.Popen, tmp_path) -> None:
     if process.poll() is not None:
         raise RuntimeError((tmp_path / "up.log").read_text())
+
+
+def _platform_ready(tmp_path) -> bool:
+    """Whether ``musicrl up`` has said that everything is ready (the gateway and the generator's model)."""
+    return "Ctrl-C stops everything" in (tmp_path / "up.log").read_text()
 
 
 def _status(url: str) -> int | None:
