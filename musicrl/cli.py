@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     new_key.add_argument("--id", dest="key_id", required=True, help="public name of the key")
     new_key.add_argument("--scopes", required=True, help=f"comma-separated, from {[s.value for s in Scope]}")
     new_key.add_argument("--requests-per-minute", type=int, default=600, help="rate limit (default: 600)")
+    new_key.add_argument(
+        "--keys-file",
+        default=None,
+        help="add the entry to this keys file (other keys are kept; a running gateway picks it up at once)",
+    )
     new_key.set_defaults(command=_new_api_key)
 
     dataset = commands.add_parser("dataset", help="work with the recorded event dataset")
@@ -241,6 +246,11 @@ def _new_api_key(args: argparse.Namespace) -> None:
     if not scopes or args.requests_per_minute < 1:
         raise InvalidRequest("give at least one scope and a positive --requests-per-minute")
     token, key = new_api_key(args.key_id, scopes, args.requests_per_minute)
+    if args.keys_file is not None:
+        from musicrl.gateway.keys_file import add_key
+
+        kept = add_key(Path(args.keys_file), key)
+        logger.info("added key %r to %s (%d other keys kept)", key.id, args.keys_file, kept)
     # stdout, not the log: this is the command's output, meant for a secret store and the keys file
     sys.stdout.write(json.dumps({"key": token, "entry": key.to_wire()}, indent=2) + "\n")
 

@@ -9,7 +9,6 @@ exponential backoff (:class:`RestartPolicy`), and only a service that keeps cras
 """
 
 import errno
-import json
 import logging
 import os
 import secrets
@@ -22,7 +21,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import requests
 
@@ -30,6 +28,7 @@ from musicrl.bus.local_server import LocalNatsServer
 from musicrl.data.dataset import write_durably
 from musicrl.errors import InvalidRequest, MusicRLError
 from musicrl.gateway.auth import Scope, new_api_key
+from musicrl.gateway.keys_file import add_key
 
 
 logger = logging.getLogger(__name__)
@@ -394,25 +393,12 @@ def ensure_admin_key(state: Path) -> Path:
     keys_file, key_file = state / "api-keys.json", state / "admin.key"
     if keys_file.exists() and key_file.exists():
         return keys_file
-    kept = [entry for entry in _key_entries(keys_file) if entry.get("id") != LOCAL_ADMIN_KEY_ID]
     token, key = new_api_key(LOCAL_ADMIN_KEY_ID, list(Scope))
     # the keys file first: a crash before admin.key exists leaves an entry that the next run replaces
-    write_durably(str(keys_file), (json.dumps([*kept, key.to_wire()], indent=2) + "\n").encode())
+    kept = add_key(keys_file, key)
     write_durably(str(key_file), (token + "\n").encode())
-    logger.info("new %s API key in %s (%d other keys kept in %s)", LOCAL_ADMIN_KEY_ID, key_file, len(kept), keys_file)
+    logger.info("new %s API key in %s (%d other keys kept in %s)", LOCAL_ADMIN_KEY_ID, key_file, kept, keys_file)
     return keys_file
-
-
-def _key_entries(keys_file: Path) -> list[dict[str, Any]]:
-    if not keys_file.exists():
-        return []
-    try:
-        entries = json.loads(keys_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InvalidRequest(f"cannot read {keys_file}: {e}; fix it or move it away (it is not overwritten)") from e
-    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
-        raise InvalidRequest(f"{keys_file} must hold a JSON list of API key entries; fix it or move it away")
-    return entries
 
 
 def _spawn(service: str, state: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:

@@ -177,6 +177,23 @@ def test_apikey_new_prints_a_key_whose_hash_is_its_entry(capsys):
     assert caller.key_id == "partner"
 
 
+def test_apikey_new_adds_its_entry_to_a_keys_file_and_keeps_the_others(tmp_path, capsys):
+    from musicrl.gateway.auth import KeyRing
+
+    keys_file = tmp_path / "api-keys.json"
+    main(["apikey", "new", "--id", "first", "--scopes", "rate", "--keys-file", str(keys_file)])
+    first = json.loads(capsys.readouterr().out)
+    main(["apikey", "new", "--id", "second", "--scopes", "compare,feedback", "--keys-file", str(keys_file)])
+    second = json.loads(capsys.readouterr().out)
+    ring = KeyRing.from_file(str(keys_file))
+    assert ring.authenticate(f"Bearer {first['key']}").key_id == "first"
+    assert ring.authenticate(f"Bearer {second['key']}").key_id == "second"
+    main(["apikey", "new", "--id", "first", "--scopes", "rate", "--keys-file", str(keys_file)])  # rotate "first"
+    rotated = json.loads(capsys.readouterr().out)
+    assert [e["id"] for e in json.loads(keys_file.read_text())] == ["second", "first"]
+    assert KeyRing.from_file(str(keys_file)).authenticate(f"Bearer {rotated['key']}").key_id == "first"
+
+
 def test_apikey_new_refuses_an_unknown_scope(caplog):
     with pytest.raises(SystemExit) as exited:
         main(["apikey", "new", "--id", "x", "--scopes", "generate,root"])
