@@ -20,15 +20,29 @@ class MetricsBuffer:
         self._values[key].append(float(value.detach()) if isinstance(value, torch.Tensor) else float(value))
 
     def reduce(self) -> dict[str, float]:
-        """Means over the buffer (NaN ignored), then over processes; clears the buffer."""
+        """Means over the buffer, then over processes, NaN ignored at both levels; clears the buffer.
+
+        A key that is NaN on some processes (nothing finite recorded there) averages over the others; a key
+        that is NaN everywhere stays NaN. Every process must have recorded the same keys.
+        """
         keys = sorted(self._values)
         means = [_nan_mean(self._values[k]) for k in keys]
         self._values.clear()
         if dist.is_available() and dist.is_initialized():
-            tensor = torch.tensor(means, dtype=torch.float64)
-            dist.all_reduce(tensor)  # every rank logs the same keys in the same order
-            means = (tensor / dist.get_world_size()).tolist()
+            values = torch.tensor(means, dtype=torch.float64, device=collective_device())  # [N]
+            present = ~torch.isnan(values)  # [N]
+            sums = torch.stack([torch.where(present, values, torch.zeros_like(values)), present.double()])  # [2, N]
+            dist.all_reduce(sums)  # every rank logs the same keys in the same order
+            means = (sums[0] / sums[1]).tolist()  # 0 / 0 = NaN where no process had a value
         return dict(zip(keys, means, strict=True))
+
+
+def collective_device() -> torch.device:
+    """Where the default process group's collectives run: this process's GPU for NCCL (which reduces CUDA
+    tensors only), the CPU otherwise."""
+    if "nccl" in str(dist.get_backend()):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _nan_mean(values: list[float]) -> float:
