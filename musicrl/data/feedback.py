@@ -37,7 +37,8 @@ class PreferenceCounts:
         ties_dropped: Ties, when ``ties`` is ``drop``.
         none_dropped: Neither clip chosen, when ``none`` is ``drop``.
         kept_train: Rows in the train split.
-        kept_eval: Rows in the eval split.
+        kept_validation: Rows in the validation split.
+        kept_test: Rows in the test split.
     """
 
     read: int = 0
@@ -50,7 +51,8 @@ class PreferenceCounts:
     ties_dropped: int = 0
     none_dropped: int = 0
     kept_train: int = 0
-    kept_eval: int = 0
+    kept_validation: int = 0
+    kept_test: int = 0
 
 
 @dataclass(slots=True)
@@ -63,7 +65,8 @@ class RatingCounts:
         unknown_clip: Ratings of a clip with no ``generation_completed``.
         invalid_score: Scores outside 1-5.
         kept_train: Rows in the train split.
-        kept_eval: Rows in the eval split.
+        kept_validation: Rows in the validation split.
+        kept_test: Rows in the test split.
     """
 
     read: int = 0
@@ -71,7 +74,8 @@ class RatingCounts:
     unknown_clip: int = 0
     invalid_score: int = 0
     kept_train: int = 0
-    kept_eval: int = 0
+    kept_validation: int = 0
+    kept_test: int = 0
 
 
 def drop_duplicates(table: pa.Table, key: str = "event_id") -> pa.Table:

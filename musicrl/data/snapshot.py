@@ -2,8 +2,9 @@
 
 A snapshot joins each listener's preference with its comparison, both clips and the listener's playbacks,
 keeps the pairs MusicRL keeps (both clips listened to, by default), adds the quality ratings with their
-clips, and splits both train/eval by a hash of the prompt, so a prompt never lands on both sides and a
-reward model is judged on prompts it has not seen.
+clips, and splits both three ways by a hash of the prompt: ``train`` fits a reward model, ``validation``
+chooses its best epoch, ``test`` is reported and chooses nothing. A prompt never lands in two splits, so
+the reported figure is measured on prompts that neither training nor selection has seen.
 
 The output lives under ``<out>/<hash[:16]>/``, where the hash is a SHA-256 over the sorted rows, the
 counts and the :class:`SnapshotConfig`. The same events and settings give the same folder: a re-run finds
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from musicrl.bus.subjects import kind_of
 from musicrl.data import feedback
 from musicrl.data.dataset import join_url, parquet_bytes, read_kind, write_durably
-from musicrl.data.snapshot_config import SnapshotConfig
+from musicrl.data.snapshot_config import SPLITS, SnapshotConfig
 from musicrl.errors import InvalidRequest
 from musicrl.v1 import events_pb2
 
@@ -35,7 +36,8 @@ from musicrl.v1 import events_pb2
 logger = logging.getLogger(__name__)
 
 HASH_PREFIX_CHARS = 16  # 64 bits of the digest name the folder: collisions are out of reach
-SNAPSHOT_FORMAT = 1  # bump when the output columns change, so old and new snapshots never share a hash
+# bump when the output changes, so old and new snapshots never share a hash; 2: train/validation/test
+SNAPSHOT_FORMAT = 2
 SOURCE_TYPES = (
     events_pb2.PreferenceSubmitted,
     events_pb2.ComparisonServed,
@@ -81,18 +83,23 @@ class SnapshotResult:
 
 
 def split_of(prompt: str, config: SnapshotConfig) -> str:
-    """``eval`` when the first 8 bytes of ``sha256(salt + prompt)``, read as a fraction of 2^64, fall below
-    ``eval_fraction``; else ``train``.
+    """The split of a prompt, from the first 8 bytes of ``sha256(salt + prompt)`` read as a fraction u of 2^64.
+
+    ``test`` when u < ``test_fraction``, ``validation`` when u < ``test_fraction + validation_fraction``,
+    else ``train``.
 
     Args:
         prompt: The prompt text.
-        config: Supplies ``split_salt`` and ``eval_fraction``.
+        config: Supplies ``split_salt``, ``validation_fraction`` and ``test_fraction``.
 
     Returns:
-        ``train`` or ``eval``; the same prompt always gets the same answer.
+        ``train``, ``validation`` or ``test``; the same prompt always gets the same answer.
     """
     digest = hashlib.sha256((config.split_salt + prompt).encode("utf-8")).digest()
-    return "eval" if int.from_bytes(digest[:8], "big") / 2**64 < config.eval_fraction else "train"
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < config.test_fraction:
+        return "test"
+    return "validation" if u < config.test_fraction + config.validation_fraction else "train"
 
 
 def read_events(dataset_url: str) -> dict[str, pa.Table]:
@@ -108,7 +115,7 @@ def _split(table: pa.Table, schema: pa.Schema, sort_key: str, config: SnapshotCo
     with_split = table.append_column("split", feedback.split_column(table["prompt"], lambda p: split_of(p, config)))
     ordered = with_split.select(schema.names).cast(schema).sort_by([(sort_key, "ascending")])
     ordered = ordered.combine_chunks()
-    return {name: ordered.filter(pc.equal(ordered["split"], name)) for name in ("train", "eval")}
+    return {name: ordered.filter(pc.equal(ordered["split"], name)) for name in SPLITS}
 
 
 def build_snapshot_tables(
@@ -121,7 +128,7 @@ def build_snapshot_tables(
         config: What to keep and how to split.
 
     Returns:
-        ``{"preferences_train", "preferences_eval", "ratings_train", "ratings_eval"}`` tables with
+        ``preferences_<split>`` and ``ratings_<split>`` tables for each of :data:`SPLITS`, with
         :data:`PREFERENCES_SCHEMA` / :data:`RATINGS_SCHEMA`, and the counts.
     """
     pairs, pair_counts = feedback.build_preferences(
@@ -140,8 +147,9 @@ def build_snapshot_tables(
     ):
         for split, part in _split(table, schema, key, config).items():
             out[f"{name}_{split}"] = part
-    pair_counts.kept_train, pair_counts.kept_eval = out["preferences_train"].num_rows, out["preferences_eval"].num_rows
-    rating_counts.kept_train, rating_counts.kept_eval = out["ratings_train"].num_rows, out["ratings_eval"].num_rows
+    for split in SPLITS:
+        setattr(pair_counts, f"kept_{split}", out[f"preferences_{split}"].num_rows)
+        setattr(rating_counts, f"kept_{split}", out[f"ratings_{split}"].num_rows)
     return out, pair_counts, rating_counts
 
 

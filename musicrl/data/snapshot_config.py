@@ -7,6 +7,8 @@ from musicrl.errors import InvalidRequest
 
 # Half of a clip: enough to judge it; the gateway reports the same threshold to listeners with each comparison.
 DEFAULT_MIN_LISTENED_SHARE = 0.5
+# train fits the model, validation chooses among its epochs, test is reported and chooses nothing
+SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +23,10 @@ class SnapshotConfig:
             must last, unless it reached the end.
         ties: ``drop`` or ``keep`` answers that call both clips equally good (label 0.5).
         none: ``drop`` or ``keep`` answers that award no trophy (label null).
-        eval_fraction: Share of prompts (not rows) that go to the eval split, 0 to 1.
+        validation_fraction: Share of prompts (not rows) in the validation split, which trainers choose
+            their best epoch on; 0 to 1.
+        test_fraction: Share of prompts in the test split, which trainers only report on; 0 to 1, and
+            ``validation_fraction + test_fraction`` at most 1.
         split_salt: Mixed into the prompt hash; change it to draw a different split.
     """
 
@@ -30,7 +35,8 @@ class SnapshotConfig:
     min_listened_share: float = DEFAULT_MIN_LISTENED_SHARE
     ties: str = "drop"  # a Bradley-Terry model learns nothing from a tie unless it models ties
     none: str = "drop"  # "neither is good" orders nothing
-    eval_fraction: float = 0.1  # ~10% of prompts: enough held-out pairs to read RM accuracy to a few points
+    validation_fraction: float = 0.1  # ~10% of prompts: enough pairs to rank epochs to a few points of accuracy
+    test_fraction: float = 0.1  # as many again, held out from both training and selection
     split_salt: str = "musicrl"
 
     def __post_init__(self) -> None:
@@ -41,5 +47,11 @@ class SnapshotConfig:
             raise InvalidRequest(f"min_listened_ms must be >= 0, got {self.min_listened_ms}")
         if not 0.0 <= self.min_listened_share <= 1.0:
             raise InvalidRequest(f"min_listened_share must be between 0 and 1, got {self.min_listened_share}")
-        if not 0.0 <= self.eval_fraction <= 1.0:
-            raise InvalidRequest(f"eval_fraction must be between 0 and 1, got {self.eval_fraction}")
+        for name in ("validation_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InvalidRequest(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.validation_fraction + self.test_fraction > 1.0:
+            raise InvalidRequest(
+                f"validation_fraction + test_fraction must be at most 1, got {self.validation_fraction} + "
+                f"{self.test_fraction}: lower one of them"
+            )

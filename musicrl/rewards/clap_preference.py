@@ -151,7 +151,8 @@ def train_clap_preference(config: ClapPreferenceTrainConfig) -> tuple[str, dict[
     """Train the baseline head on the snapshot's pairs and save it.
 
     Returns:
-        The checkpoint URI and its final metrics (``eval/accuracy``, ``eval/loss``, ``train/loss``).
+        The checkpoint URI and its final metrics (``test/accuracy``, ``test/loss``, ``train/loss``): a fixed
+        number of epochs chooses nothing, so the baseline needs no validation split and reports on ``test``.
 
     Raises:
         InvalidRequest: Missing snapshot files or audio, or fewer than ``min_pairs`` usable training pairs.
@@ -164,7 +165,7 @@ def train_clap_preference(config: ClapPreferenceTrainConfig) -> tuple[str, dict[
         )
     bundle = load_clap(config.embedder_uri, device=config.device)
     train = _embed_pairs(train_pairs, bundle)
-    evaluation = _embed_pairs(read_pairs(config.snapshot_url, "eval", ties=config.ties), bundle)
+    evaluation = _embed_pairs(read_pairs(config.snapshot_url, "test", ties=config.ties), bundle)
     head = ClapPreferenceHead(int(bundle.model.config.projection_dim))
     features = head.features(torch.cat([train.text, train.text]), torch.cat([train.audio_a, train.audio_b]))
     head.feature_mean.copy_(features.mean(dim=0))
@@ -179,7 +180,7 @@ def train_clap_preference(config: ClapPreferenceTrainConfig) -> tuple[str, dict[
             optimizer.step()
     metrics = _metrics(head, train, evaluation)
     logger.info(
-        "CLAP preference baseline: eval accuracy %.3f on %d pairs", metrics["eval/accuracy"], len(evaluation.labels)
+        "CLAP preference baseline: test accuracy %.3f on %d pairs", metrics["test/accuracy"], len(evaluation.labels)
     )
     return save_clap_preference(head, str(bundle.uri), config.out_url, metrics), metrics
 
@@ -189,8 +190,8 @@ def _metrics(head: ClapPreferenceHead, train: _Embedded, evaluation: _Embedded) 
     metrics = {"train/loss": float(bt_loss(_margin(head, train, slice(None)), train.labels))}
     if len(evaluation.labels):
         margin = _margin(head, evaluation, slice(None))
-        metrics["eval/loss"] = float(bt_loss(margin, evaluation.labels))
-        metrics["eval/accuracy"] = pair_accuracy(margin.numpy(), evaluation.labels.numpy())
+        metrics["test/loss"] = float(bt_loss(margin, evaluation.labels))
+        metrics["test/accuracy"] = pair_accuracy(margin.numpy(), evaluation.labels.numpy())
     return metrics
 
 

@@ -14,7 +14,7 @@ class PreferenceTrainConfig:
     """How to train the preference reward.
 
     Attributes:
-        snapshot_url: Snapshot folder holding ``preferences_{train,eval}.parquet``.
+        snapshot_url: Snapshot folder holding ``preferences_{train,validation,test}.parquet``.
         init_uri: The policy checkpoint the reward starts from (MusicRL: the generator).
         out_url: Where the checkpoint, ``metrics.jsonl`` and the plot go (path or fsspec URL).
         epochs: Passes over the training pairs.
@@ -32,7 +32,7 @@ class PreferenceTrainConfig:
         training_run: Identifier recorded in the checkpoint; empty makes one from the time.
     """
 
-    snapshot_url: str = field(metadata={"help": "snapshot folder with preferences_{train,eval}.parquet"})
+    snapshot_url: str = field(metadata={"help": "snapshot folder with preferences_{train,validation,test}.parquet"})
     init_uri: str = field(metadata={"help": "policy checkpoint to start from (MusicRL: the generator)"})
     out_url: str = field(metadata={"help": "where the checkpoint, metrics.jsonl and the plot go"})
     epochs: int = 10
@@ -71,7 +71,7 @@ class ClapPreferenceTrainConfig:
     """How to train the CLAP baseline.
 
     Attributes:
-        snapshot_url: Snapshot folder holding ``preferences_{train,eval}.parquet``.
+        snapshot_url: Snapshot folder holding ``preferences_{train,validation,test}.parquet``.
         out_url: Where the checkpoint goes (path or fsspec URL).
         embedder_uri: The CLAP to embed with.
         epochs: Passes over the training pairs.

@@ -1,6 +1,6 @@
 """Read a snapshot's preference pairs and their clips' codes for training the preference reward.
 
-A snapshot (:mod:`musicrl.data.snapshot`) holds ``preferences_{train,eval}.parquet``: one row per answer,
+A snapshot (:mod:`musicrl.data.snapshot`) holds ``preferences_{train,validation,test}.parquet``: one row per answer,
 with ``choice`` (a|b|tie|none), ``label`` (1.0 A won, 0.0 B won, 0.5 tie, null none) and the URIs of both
 clips' codes (NumPy ``.npy``, int64 [K, T]). Answers of ``none`` order nothing and are always dropped;
 ties either stay as soft targets (0.5) or are dropped.
@@ -39,6 +39,7 @@ class PreferencePairs:
     """Pairs of one split, ready to train on.
 
     Attributes:
+        split: The snapshot split they come from (``train``, ``validation`` or ``test``).
         prompts: The prompt of each pair.
         codes_a: Codes URI of clip A of each pair.
         codes_b: Codes URI of clip B of each pair.
@@ -49,6 +50,7 @@ class PreferencePairs:
         dropped_ties: Rows dropped because they were ties (``ties="drop"``).
     """
 
+    split: str
     prompts: list[str]
     codes_a: list[str]
     codes_b: list[str]
@@ -72,7 +74,7 @@ def read_pairs(snapshot_url: str, split: str, *, ties: str) -> PreferencePairs:
 
     Args:
         snapshot_url: The snapshot folder (local path or fsspec URL).
-        split: ``train`` or ``eval``.
+        split: ``train``, ``validation`` or ``test``.
         ties: ``soft`` keeps ties as label 0.5; ``drop`` drops them.
 
     Returns:
@@ -89,6 +91,7 @@ def read_pairs(snapshot_url: str, split: str, *, ties: str) -> PreferencePairs:
     is_tie = [r["label"] == 0.5 for r in keep_none]
     kept = [r for r, tie in zip(keep_none, is_tie, strict=True) if ties == "soft" or not tie]
     pairs = PreferencePairs(
+        split=split,
         prompts=[r["prompt"] for r in kept],
         codes_a=[r["clip_a_codes_uri"] for r in kept],
         codes_b=[r["clip_b_codes_uri"] for r in kept],

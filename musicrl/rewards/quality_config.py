@@ -44,7 +44,7 @@ class QualityTrainConfig:
     """What ``train_quality`` reads, fits and writes. Plain str / int / float / bool fields (CLI flags).
 
     Attributes:
-        snapshot_url: A snapshot folder holding ``ratings_train.parquet`` and ``ratings_eval.parquet``.
+        snapshot_url: A snapshot folder holding ``ratings_{train,validation,test}.parquet``.
         out_url: Where the checkpoint, ``metrics.jsonl`` and the training plot go (path or fsspec URL).
         embedder_uri: The frozen CLAP whose audio embeddings the head reads.
         hidden_dim: Width of the head's hidden layer; 0 makes the head linear.

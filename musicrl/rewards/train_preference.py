@@ -3,9 +3,10 @@
 MusicRL (Cideron et al. 2024, §3.2) trains its user-preference reward on pairs so that
 P(A ≻ B) = σ(r_A − r_B) and initialises it from the generator, which is what lifts it above chance. The loss
 is the binary cross-entropy of that probability against the label, which also takes ties as soft targets
-(0.5): a tie pulls r_A and r_B together. The epoch kept is the one with the best held-out accuracy (the
-paper's figure of merit: 60% on 300k pairs), measured on prompts the model never trained on (the snapshot
-splits by prompt).
+(0.5): a tie pulls r_A and r_B together. The epoch kept is the one with the best accuracy on the snapshot's
+``validation`` split; the accuracy reported (the paper's figure of merit: 60% on 300k pairs) is measured
+once, on the kept model, on the ``test`` split, which nothing chose on. The snapshot splits by prompt, so
+both are prompts the model never trained on.
 
 Outputs under ``out_url``: the checkpoint (:func:`musicrl.rewards.preference.load_preference` reads it),
 ``metrics.jsonl`` (one line per epoch) and ``training_curve.png``.
@@ -49,8 +50,8 @@ class PreferenceTrainResult:
 
     Attributes:
         uri: The saved checkpoint (``out_url``).
-        best_epoch: The epoch saved (best eval accuracy; 0 if no epoch beat the untrained model).
-        metrics: Metrics of that epoch, as recorded in the checkpoint.
+        best_epoch: The epoch saved (best validation accuracy; 0 if no epoch beat the untrained model).
+        metrics: Metrics of that epoch and the test metrics of the saved model, as recorded in the checkpoint.
         history: One metrics dict per epoch, as in ``metrics.jsonl``.
         metrics_url: Where ``metrics.jsonl`` is.
         plot_url: Where the training-curve PNG is.
@@ -72,7 +73,7 @@ class MetricsLog:
         self.history: list[dict[str, float]] = []
 
     def add(self, values: Mapping[str, float]) -> None:
-        """Buffer one value per name (``train/loss``, ``eval/accuracy``, ...)."""
+        """Buffer one value per name (``train/loss``, ``validation/accuracy``, ...)."""
         for name, value in values.items():
             self._buffers[name].append(float(value))
 
@@ -125,10 +126,10 @@ def _margins(
 def evaluate(
     model: PreferenceRewardModel, pairs: PreferencePairs, codes: dict[str, np.ndarray], batch_size: int
 ) -> dict[str, float]:
-    """Held-out BT loss and pair accuracy.
+    """BT loss and pair accuracy on held-out pairs, named after their split.
 
     Returns:
-        ``{"eval/loss", "eval/accuracy"}``.
+        ``{"<split>/loss", "<split>/accuracy"}``, e.g. ``validation/accuracy``.
     """
     model.eval()
     margins = []
@@ -137,8 +138,8 @@ def evaluate(
     margin = torch.cat(margins)  # [N]
     labels = torch.from_numpy(pairs.labels)
     return {
-        "eval/loss": float(bt_loss(margin, labels)),
-        "eval/accuracy": pair_accuracy(margin.numpy(), pairs.labels),
+        f"{pairs.split}/loss": float(bt_loss(margin, labels)),
+        f"{pairs.split}/accuracy": pair_accuracy(margin.numpy(), pairs.labels),
     }
 
 
@@ -170,7 +171,7 @@ def _train_epoch(
         progress.set_postfix(loss=f"{float(loss.detach()):.3f}")
 
 
-def _read_splits(config: PreferenceTrainConfig) -> tuple[PreferencePairs, PreferencePairs]:
+def _read_splits(config: PreferenceTrainConfig) -> tuple[PreferencePairs, PreferencePairs, PreferencePairs]:
     train = read_pairs(config.snapshot_url, "train", ties=config.ties)
     if len(train) < config.min_pairs:
         raise InvalidRequest(
@@ -178,17 +179,20 @@ def _read_splits(config: PreferenceTrainConfig) -> tuple[PreferencePairs, Prefer
             f"({train.dropped_none} 'none' answers and {train.dropped_ties} ties dropped); "
             f"at least min_pairs={config.min_pairs} are needed: collect more feedback or lower min_pairs"
         )
-    eval_pairs = read_pairs(config.snapshot_url, "eval", ties=config.ties)
-    if eval_pairs.decisive == 0:
-        raise InvalidRequest(
-            f"the snapshot {config.snapshot_url} has no decisive eval pairs; "
-            "raise the snapshot's eval_fraction so some prompts are held out"
-        )
-    return train, eval_pairs
+    held_out = []
+    for split in ("validation", "test"):
+        pairs = read_pairs(config.snapshot_url, split, ties=config.ties)
+        if pairs.decisive == 0:
+            raise InvalidRequest(
+                f"the snapshot {config.snapshot_url} has no decisive {split} pairs; "
+                f"raise the snapshot's {split}_fraction so some prompts are held out"
+            )
+        held_out.append(pairs)
+    return train, held_out[0], held_out[1]
 
 
 def _read_codes(
-    splits: tuple[PreferencePairs, PreferencePairs], model: PreferenceRewardModel, max_frames: int
+    splits: tuple[PreferencePairs, ...], model: PreferenceRewardModel, max_frames: int
 ) -> dict[str, np.ndarray]:
     uris = [uri for pairs in splits for uri in pairs.codes_a + pairs.codes_b]
     return load_codes(
@@ -218,32 +222,40 @@ def train_preference(config: PreferenceTrainConfig) -> PreferenceTrainResult:
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    train, eval_pairs = _read_splits(config)
+    train, validation, test = _read_splits(config)
     model = PreferenceRewardModel.from_policy(config.init_uri, device=config.device)
-    codes = _read_codes((train, eval_pairs), model, config.max_frames)
+    codes = _read_codes((train, validation, test), model, config.max_frames)
     params = model.set_trainable(text_encoder=not config.freeze_text_encoder)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     logger.info(
-        "training the preference reward on %d pairs (eval %d), %.2fM trainable parameters",
+        "training the preference reward on %d pairs (validation %d, test %d), %.2fM trainable parameters",
         len(train),
-        len(eval_pairs),
+        len(validation),
+        len(test),
         sum(p.numel() for p in params) / 1e6,
     )
-    initial = evaluate(model, eval_pairs, codes, config.eval_batch_size)
-    best_accuracy, best_epoch, best_state = initial["eval/accuracy"], 0, _trainable_state(model)
+    initial = evaluate(model, validation, codes, config.eval_batch_size)
+    best_accuracy, best_epoch, best_state = initial["validation/accuracy"], 0, _trainable_state(model)
     log, started = MetricsLog(), time.monotonic()
     for epoch in tqdm(range(1, config.epochs + 1), desc="training preference reward", unit="epoch"):
         _train_epoch(model, optimizer, (train, codes), config, rng, log, epoch)
-        log.add(evaluate(model, eval_pairs, codes, config.eval_batch_size))
+        log.add(evaluate(model, validation, codes, config.eval_batch_size))
         row = log.log({"epoch": epoch, "time_s": time.monotonic() - started})
-        logger.info("epoch %d: eval accuracy %.3f, eval loss %.4f", epoch, row["eval/accuracy"], row["eval/loss"])
+        logger.info(
+            "epoch %d: validation accuracy %.3f, loss %.4f", epoch, row["validation/accuracy"], row["validation/loss"]
+        )
         _write_metrics(config.out_url, log.history)
-        if row["eval/accuracy"] > best_accuracy:
-            best_accuracy, best_epoch, best_state = row["eval/accuracy"], epoch, _trainable_state(model)
+        if row["validation/accuracy"] > best_accuracy:
+            best_accuracy, best_epoch, best_state = row["validation/accuracy"], epoch, _trainable_state(model)
     unexpected = model.load_state_dict(best_state, strict=False).unexpected_keys  # only the trained tensors
     assert not unexpected, unexpected  # names come from this model's own named_parameters
-    metrics = _final_metrics(log.history, best_epoch, initial, len(train), len(eval_pairs))
-    plot_url = plot_training_curve(log.history, initial, join_url(config.out_url, PLOT_FILE), best_epoch=best_epoch)
+    # the test split is scored once, on the model already chosen: nothing above has seen it
+    tested = evaluate(model, test, codes, config.eval_batch_size)
+    logger.info("kept epoch %d: test accuracy %.3f on %d pairs", best_epoch, tested["test/accuracy"], len(test))
+    metrics = _final_metrics(log.history, best_epoch, initial, tested, (len(train), len(validation), len(test)))
+    plot_url = plot_training_curve(
+        log.history, initial, join_url(config.out_url, PLOT_FILE), best_epoch=best_epoch, test=tested
+    )
     uri = model.save(config.out_url, metrics, training_run=config.training_run or _run_id())  # musicrl.json last
     return PreferenceTrainResult(
         uri=uri,
@@ -256,15 +268,22 @@ def train_preference(config: PreferenceTrainConfig) -> PreferenceTrainResult:
 
 
 def _final_metrics(
-    history: list[dict[str, float]], best_epoch: int, initial: dict[str, float], train_pairs: int, eval_pairs: int
+    history: list[dict[str, float]],
+    best_epoch: int,
+    initial: dict[str, float],
+    tested: dict[str, float],
+    sizes: tuple[int, int, int],
 ) -> dict[str, float]:
     best = dict(history[best_epoch - 1]) if best_epoch else {"epoch": 0.0, **initial}
+    best.update(tested)
     best.update(
         {
             "best_epoch": float(best_epoch),
-            "eval/accuracy_init": initial["eval/accuracy"],
-            "data/train_pairs": float(train_pairs),
-            "data/eval_pairs": float(eval_pairs),
+            "validation/accuracy_init": initial["validation/accuracy"],
+            **{
+                f"data/{split}_pairs": float(n)
+                for split, n in zip(("train", "validation", "test"), sizes, strict=True)
+            },
         }
     )
     return best
@@ -281,15 +300,21 @@ def _write_metrics(out_url: str, history: list[dict[str, float]]) -> None:
 
 
 def plot_training_curve(
-    history: list[dict[str, float]], initial: dict[str, float], dest: str, *, best_epoch: int | None = None
+    history: list[dict[str, float]],
+    initial: dict[str, float],
+    dest: str,
+    *,
+    best_epoch: int | None = None,
+    test: dict[str, float] | None = None,
 ) -> str:
-    """Draw the BT losses and the eval accuracy per epoch (epoch 0 = the untrained model) as a PNG.
+    """Draw the BT losses and the validation accuracy per epoch (epoch 0 = the untrained model) as a PNG.
 
     Args:
-        history: One metrics dict per epoch (``train/loss``, ``eval/loss``, ``eval/accuracy``).
-        initial: Eval metrics of the untrained model.
+        history: One metrics dict per epoch (``train/loss``, ``validation/loss``, ``validation/accuracy``).
+        initial: Validation metrics of the untrained model.
         dest: Where to write the PNG (path or fsspec URL).
         best_epoch: The epoch kept, marked on the accuracy plot.
+        test: Test metrics of the kept model (``test/accuracy``), drawn as one point at ``best_epoch``.
 
     Returns:
         ``dest``.
@@ -299,15 +324,26 @@ def plot_training_curve(
     FigureCanvasAgg(figure)  # attaches an Agg canvas: no global backend, no display needed
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     loss_axes.plot(epochs[1:], [row["train/loss"] for row in history], marker="o", label="train")
-    loss_axes.plot(epochs, [initial["eval/loss"]] + [row["eval/loss"] for row in history], marker="o", label="eval")
+    validation_loss = [initial["validation/loss"]] + [row["validation/loss"] for row in history]
+    loss_axes.plot(epochs, validation_loss, marker="o", label="validation")
     loss_axes.axhline(math.log(2), color="grey", linestyle=":", label="chance (ln 2)")
     loss_axes.set(title="Bradley–Terry loss", xlabel="epoch", ylabel="BCE on σ(r_A − r_B)")
     loss_axes.legend()
-    accuracy = [initial["eval/accuracy"]] + [row["eval/accuracy"] for row in history]
-    accuracy_axes.plot(epochs, accuracy, marker="o", color="tab:green", label="eval (held-out prompts)")
+    accuracy = [initial["validation/accuracy"]] + [row["validation/accuracy"] for row in history]
+    accuracy_axes.plot(epochs, accuracy, marker="o", color="tab:green", label="validation (chooses the epoch)")
     accuracy_axes.axhline(0.5, color="grey", linestyle=":", label="chance")
     if best_epoch is not None:
         accuracy_axes.axvline(best_epoch, color="tab:red", linestyle="--", label=f"kept (epoch {best_epoch})")
+        if test is not None:
+            accuracy_axes.plot(
+                [best_epoch],
+                [test["test/accuracy"]],
+                marker="*",
+                markersize=12,
+                color="black",
+                linestyle="none",
+                label="test (reported)",
+            )
     accuracy_axes.set(title="Pair accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0.0, 1.0))
     accuracy_axes.legend()
     figure.tight_layout()

@@ -1,10 +1,12 @@
 """Train the quality reward's MOS head on a snapshot's ratings.
 
 Each rated clip is read once from its ``audio_uri`` and embedded once with the frozen CLAP; the head then
-trains for many epochs on the cached embeddings, which takes seconds. Every epoch is judged on the eval
-split's clips (other prompts, by the snapshot's split) by RMSE against the ratings and by Spearman rank
-correlation against each clip's mean rating: a reward only has to rank clips well, so Spearman is the
-number to gate on. ``metrics.jsonl`` and a plot of the curves are written next to the checkpoint.
+trains for many epochs on the cached embeddings, which takes seconds. Every epoch is judged on the
+validation split's clips (other prompts, by the snapshot's split) by RMSE against the ratings and by
+Spearman rank correlation against each clip's mean rating: a reward only has to rank clips well, so
+Spearman is the number to gate on. The last epoch is kept, and the ``test`` split, whose prompts neither
+training nor the validation curves have seen, is scored once on it: those are the figures to report.
+``metrics.jsonl`` and a plot of the curves are written next to the checkpoint.
 """
 
 import contextlib
@@ -28,6 +30,7 @@ from scipy.stats import spearmanr
 from tqdm import tqdm
 
 from musicrl.data.dataset import join_url, read_snapshot_table, write_durably
+from musicrl.data.snapshot_config import SPLITS
 from musicrl.errors import InvalidRequest
 from musicrl.models.audio import decode_wav
 from musicrl.models.clap_loading import ClapBundle, load_clap
@@ -51,12 +54,15 @@ class QualityTrainResult:
 
     Attributes:
         uri: The checkpoint folder (``config.out_url``), loadable with ``load_quality``.
-        metrics: The last epoch's metrics (``train/loss``, ``train/rmse``, ``eval/rmse``, ``eval/spearman``, ...).
-        history: One metrics record per epoch, as in ``metrics.jsonl``.
+        metrics: The last epoch's metrics (``train/loss``, ``train/rmse``, ``validation/spearman``, ...) and
+            the test metrics of the saved model (``test/rmse``, ``test/spearman``).
+        history: One metrics record per epoch, as in ``metrics.jsonl`` (train and validation; no test).
         train_ratings: Training ratings used.
-        eval_ratings: Eval ratings used.
+        validation_ratings: Validation ratings used.
+        test_ratings: Test ratings used.
         train_clips: Distinct training clips.
-        eval_clips: Distinct eval clips.
+        validation_clips: Distinct validation clips.
+        test_clips: Distinct test clips.
         model: The trained model, in memory (the same as ``load_quality(uri)``).
     """
 
@@ -64,9 +70,11 @@ class QualityTrainResult:
     metrics: Mapping[str, float]
     history: list[dict[str, Any]] = field(repr=False)  # one record per epoch: too long for a log line
     train_ratings: int
-    eval_ratings: int
+    validation_ratings: int
+    test_ratings: int
     train_clips: int
-    eval_clips: int
+    validation_clips: int
+    test_clips: int
     model: QualityModel = field(repr=False)
 
 
@@ -101,32 +109,35 @@ def train_quality(config: QualityTrainConfig) -> QualityTrainResult:
         Where the checkpoint is, and its metrics.
 
     Raises:
-        InvalidRequest: The snapshot has no ratings files, too few ratings, fewer than two eval clips, or a
-            clip whose audio is missing or unreadable.
+        InvalidRequest: The snapshot has no ratings files, too few ratings, fewer than two validation or test
+            clips, or a clip whose audio is missing or unreadable.
         ModelNotFound: No CLAP at ``config.embedder_uri``.
     """
-    tables = {split: read_ratings(config.snapshot_url, split) for split in ("train", "eval")}
+    tables = {split: read_ratings(config.snapshot_url, split) for split in SPLITS}
     _check_counts(tables, config)
     embedder = load_clap(config.embedder_uri, device=config.device)
     splits = {name: _embed_split(name, table, embedder, config.scoring()) for name, table in tables.items()}
     model = QualityModel(embedder, _initial_head(splits["train"], embedder, config), config.scoring())
     with _intra_op_threads(1):
-        history = _fit(model, splits, config)
-    _write_history(config.out_url, history)
-    final = {k: v for k, v in history[-1].items() if k != "epoch" and v is not None}
+        history = _fit(model, {name: splits[name] for name in ("train", "validation")}, config)
+        tested = _evaluate(model, splits["test"])  # once, on the kept (last) model: nothing chose on it
+    _write_history(config.out_url, history, tested)
+    final = {k: v for k, v in {**history[-1], **tested}.items() if k != "epoch" and v is not None}
     counts = {f"{name}_{what}": n for name in splits for what, n in _counts(splits[name]).items()}
     save_quality(model, config.out_url, metrics=final, training_run=config.training_run or None, extra=counts)
     logger.info(
-        "quality model: eval RMSE %.3f, eval Spearman %.3f", final["eval/rmse"], final.get("eval/spearman", math.nan)
+        "quality model: test RMSE %.3f, test Spearman %.3f", final["test/rmse"], final.get("test/spearman", math.nan)
     )
     return QualityTrainResult(
         uri=config.out_url,
         metrics=final,
         history=history,
         train_ratings=counts["train_ratings"],
-        eval_ratings=counts["eval_ratings"],
+        validation_ratings=counts["validation_ratings"],
+        test_ratings=counts["test_ratings"],
         train_clips=counts["train_clips"],
-        eval_clips=counts["eval_clips"],
+        validation_clips=counts["validation_clips"],
+        test_clips=counts["test_clips"],
         model=model,
     )
 
@@ -146,17 +157,19 @@ def read_ratings(snapshot_url: str, split: str) -> pa.Table:
 
 
 def _check_counts(tables: Mapping[str, pa.Table], config: QualityTrainConfig) -> None:
-    train, evaluation = tables["train"], tables["eval"]
+    train = tables["train"]
     if train.num_rows < config.min_ratings:
         raise InvalidRequest(
             f"{config.snapshot_url} has {train.num_rows} training ratings; at least min_ratings={config.min_ratings} "
             "are needed: collect more ratings or lower min_ratings"
         )
-    if len(set(evaluation["clip_id"].to_pylist())) < 2:
-        raise InvalidRequest(
-            f"{config.snapshot_url} has ratings of {len(set(evaluation['clip_id'].to_pylist()))} eval clips; "
-            "at least 2 are needed to measure ranking: collect more ratings or raise the snapshot's eval_fraction"
-        )
+    for split in ("validation", "test"):
+        clips = len(set(tables[split]["clip_id"].to_pylist()))
+        if clips < 2:
+            raise InvalidRequest(
+                f"{config.snapshot_url} has ratings of {clips} {split} clips; at least 2 are needed to measure "
+                f"ranking: collect more ratings or raise the snapshot's {split}_fraction"
+            )
 
 
 def read_clip_audio(audio_uri: str | None, clip_id: str) -> tuple[np.ndarray, int]:
@@ -265,7 +278,7 @@ def _fit(model: QualityModel, splits: Mapping[str, _Split], config: QualityTrain
                 buffers[key].append(value)
         record = {"epoch": epoch, **_log(buffers)}
         history.append(record)
-        progress.set_postfix(rmse=record["eval/rmse"], spearman=record["eval/spearman"], refresh=False)
+        progress.set_postfix(rmse=record["validation/rmse"], spearman=record["validation/spearman"], refresh=False)
     head.eval()
     head.requires_grad_(False)  # trained: frozen like a loaded model
     return history
@@ -290,22 +303,23 @@ def _log(buffers: Mapping[str, list[float]]) -> dict[str, float | None]:
     return record
 
 
-def _write_history(out_url: str, history: list[dict[str, Any]]) -> None:
+def _write_history(out_url: str, history: list[dict[str, Any]], tested: Mapping[str, float]) -> None:
     lines = "".join(json.dumps(record, sort_keys=True) + "\n" for record in history)
     write_durably(join_url(out_url, METRICS_FILE), lines.encode())
-    write_durably(join_url(out_url, PLOT_FILE), _plot(history))
+    write_durably(join_url(out_url, PLOT_FILE), _plot(history, tested))
 
 
-def _plot(history: list[dict[str, Any]]) -> bytes:
-    """Two panels, PNG bytes: RMSE (train, eval) and Spearman (train, eval) per epoch."""
+def _plot(history: list[dict[str, Any]], tested: Mapping[str, float]) -> bytes:
+    """Two panels, PNG bytes: RMSE and Spearman per epoch (train, validation), and the test point at the end."""
     figure = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(figure)  # draws without pyplot, so no global backend is switched
     epochs = [record["epoch"] for record in history]
     for position, (metric, label) in enumerate((("rmse", "RMSE (MOS points)"), ("spearman", "Spearman ρ")), 1):
         axes = figure.add_subplot(1, 2, position)
-        for split in ("train", "eval"):
+        for split in ("train", "validation"):
             values = [math.nan if r.get(f"{split}/{metric}") is None else r[f"{split}/{metric}"] for r in history]
             axes.plot(epochs, values, label=split)
+        axes.plot(epochs[-1:], [tested[f"test/{metric}"]], marker="*", linestyle="none", color="black", label="test")
         axes.set_xlabel("epoch")
         axes.set_ylabel(label)
         axes.grid(alpha=0.3)

@@ -1,9 +1,10 @@
 """Train the preference reward on a synthetic snapshot whose answers follow a hidden score of the audio.
 
 Sizes (see ``tests/utils/synthetic.py``): 100 prompts × 6 clips of 0.5 s from ``tiny://musicgen?seed=0``,
-every within-prompt pair compared once (1,500 answers, ~1,240 usable training pairs after the 'none'
-answers, ~210 eval pairs on held-out prompts), Bradley–Terry noise τ = 0.15 standard deviations of the
-hidden score. Generation takes ~5 s and each training run ~15–25 s on two CPU cores.
+every within-prompt pair compared once (1,500 answers; after the 'none' answers ~1,100 usable training
+pairs, ~210 validation pairs that choose the epoch and ~140 test pairs that are reported, each split on
+its own prompts), Bradley–Terry noise τ = 0.15 standard deviations of the hidden score. Generation takes
+~5 s and each training run ~15–25 s on two CPU cores.
 """
 
 import json
@@ -56,32 +57,35 @@ def trained(
 
 def test_the_reward_learns_the_hidden_preference(trained):
     result, elapsed = trained
-    accuracy = result.metrics["eval/accuracy"]
+    accuracy = result.metrics["test/accuracy"]
+    sizes = " / ".join(f"{int(result.metrics[f'data/{s}_pairs'])} {s}" for s in ("train", "validation", "test"))
     print(
-        f"\npreference reward: held-out accuracy {accuracy:.3f} (epoch {result.best_epoch}/{EPOCHS}) on "
-        f"{int(result.metrics['data/train_pairs'])} train / {int(result.metrics['data/eval_pairs'])} eval pairs "
-        f"in {elapsed:.1f} s; per epoch {[round(h['eval/accuracy'], 3) for h in result.history]}"
+        f"\npreference reward: test accuracy {accuracy:.3f} (epoch {result.best_epoch}/{EPOCHS}, chosen on "
+        f"validation) on {sizes} pairs in {elapsed:.1f} s; validation accuracy per epoch "
+        f"{[round(h['validation/accuracy'], 3) for h in result.history]}"
     )
     assert accuracy >= 0.75
-    assert result.metrics["eval/loss"] < math.log(2) - 0.1  # confident as well as right
-    assert result.metrics["eval/accuracy_init"] == 0.5  # the zero head starts every pair at chance
+    assert result.metrics["test/loss"] < math.log(2) - 0.1  # confident as well as right
+    assert result.metrics["validation/accuracy_init"] == 0.5  # the zero head starts every pair at chance
 
 
 def test_training_logs_every_epoch_plots_and_saves_the_best_one(trained):
     result, _ = trained
     lines = [json.loads(line) for line in Path(result.metrics_url).read_text().splitlines()]
     assert [line["epoch"] for line in lines] == list(range(1, EPOCHS + 1))
-    assert all(0.0 <= line["eval/accuracy"] <= 1.0 and line["eval/loss"] > 0 for line in lines)
+    assert all(0.0 <= line["validation/accuracy"] <= 1.0 and line["validation/loss"] > 0 for line in lines)
+    assert not [key for line in lines for key in line if key.startswith("test/")]  # test chose no epoch
     assert Path(result.plot_url).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((Path(result.uri) / "musicrl.json").read_text())
     assert saved["kind"] == "reward/preference" and saved["parent_uri"] == TINY_MUSICGEN_URI
-    assert saved["metrics"]["eval/accuracy"] == pytest.approx(result.metrics["eval/accuracy"])
-    assert lines[result.best_epoch - 1]["eval/accuracy"] == max(line["eval/accuracy"] for line in lines)
+    assert saved["metrics"]["test/accuracy"] == pytest.approx(result.metrics["test/accuracy"])
+    best = max(line["validation/accuracy"] for line in lines)
+    assert lines[result.best_epoch - 1]["validation/accuracy"] == best
 
 
 def test_the_saved_reward_ranks_held_out_clips_by_the_hidden_score(snapshot, trained):
     reward = PreferenceReward(load_preference(trained[0].uri))
-    rows = read_pairs_table(snapshot.url, "eval")
+    rows = read_pairs_table(snapshot.url, "test")
     clips = {r[f"clip_{side}_id"]: (r["prompt"], r[f"clip_{side}_codes_uri"]) for r in rows for side in "ab"}
     ids = sorted(clips)
     codes = [np.load(clips[i][1].removeprefix("file://")) for i in ids]
@@ -93,16 +97,16 @@ def test_the_saved_reward_ranks_held_out_clips_by_the_hidden_score(snapshot, tra
 
 
 def test_shuffled_labels_stay_at_chance(snapshot, tmp_path):
-    # same data, answers permuted across the pairs of each split: nothing to learn, so chance on eval
+    # same data, answers permuted across the pairs of each split: nothing to learn, so chance on test
     result = train_preference(_config(with_shuffled_labels(snapshot, tmp_path / "shuffled"), tmp_path / "rm"))
-    accuracy = result.metrics["eval/accuracy"]
-    history = [round(h["eval/accuracy"], 3) for h in result.history]
-    print(f"\nshuffled-labels control: held-out accuracy {accuracy:.3f} (best of epochs 0-{EPOCHS}: 0.5, {history})")
+    accuracy = result.metrics["test/accuracy"]
+    history = [round(h["validation/accuracy"], 3) for h in result.history]
+    print(f"\nshuffled-labels control: test accuracy {accuracy:.3f} (validation per epoch: 0.5, {history})")
     assert accuracy <= 0.6
 
 
 def test_a_reward_trained_on_shuffled_answers_is_no_surer_than_chance_on_the_real_ones(snapshot, tmp_path):
-    """Training answers permuted, eval answers real: the BT loss stays at ln 2 at every epoch.
+    """Training answers permuted, validation answers real: the BT loss stays at ln 2 at every epoch.
 
     The accuracy is not asserted here: a reward fitted to noise still orders clips along the data's main
     axis of variation (temperature, hence tonality) with a random sign, so its accuracy on the real answers
@@ -111,17 +115,17 @@ def test_a_reward_trained_on_shuffled_answers_is_no_surer_than_chance_on_the_rea
     """
     shuffled = with_shuffled_labels(snapshot, tmp_path / "shuffled", splits=("train",))
     result = train_preference(_config(shuffled, tmp_path / "rm"))
-    losses = [round(h["eval/loss"], 3) for h in result.history]
+    losses = [round(h["validation/loss"], 3) for h in result.history]
     print(
-        f"\ntrained on shuffled answers, real eval: loss {losses}, accuracy "
-        f"{[round(h['eval/accuracy'], 3) for h in result.history]}"
+        f"\ntrained on shuffled answers, real validation: loss {losses}, accuracy "
+        f"{[round(h['validation/accuracy'], 3) for h in result.history]}"
     )
     assert min(losses) >= math.log(2) - 0.05
 
 
 def test_a_snapshot_with_too_few_pairs_is_refused_with_the_count(snapshot, tmp_path):
     rows = [r for r in read_pairs_table(snapshot.url, "train") if r["choice"] in ("a", "b")][:7]
-    eval_rows = read_pairs_table(snapshot.url, "eval")
-    write_pairs(tmp_path / "small", rows + eval_rows)
+    held_out = read_pairs_table(snapshot.url, "validation") + read_pairs_table(snapshot.url, "test")
+    write_pairs(tmp_path / "small", rows + held_out)
     with pytest.raises(InvalidRequest, match=r"has 7 usable training pairs.*min_pairs=20"):
         train_preference(_config(str(tmp_path / "small"), tmp_path / "rm", min_pairs=20))

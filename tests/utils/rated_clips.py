@@ -3,8 +3,8 @@
 Each clip is low-passed noise: its *brightness* sets the cutoff (200 Hz to 12.8 kHz, so the spectral
 centroid moves over six octaves) and its *loudness* the level (-35 to -10 dBFS). The hidden MOS grows with
 both (brightness dominating), raters see it plus Gaussian noise, rounded to the 1–5 scale. The clips are
-written as WAV files and the ratings as a real snapshot folder (``ratings_train/eval.parquet`` with the
-snapshot's schema), so ``train_quality`` runs its production path: Parquet, fsspec, soundfile, CLAP.
+written as WAV files and the ratings as a real snapshot folder (``ratings_{train,validation,test}.parquet``
+with the snapshot's schema), so ``train_quality`` runs its production path: Parquet, fsspec, soundfile, CLAP.
 """
 
 import datetime
@@ -97,12 +97,17 @@ def ratings_table(clips: list[RatedClip], split: str, *, raters: int, noise: flo
 
 
 def write_rated_snapshot(
-    folder: Path, train: list[RatedClip], evaluation: list[RatedClip], *, raters: int = 2, noise: float = 0.3
+    folder: Path,
+    train: list[RatedClip],
+    validation: list[RatedClip],
+    test: list[RatedClip],
+    *,
+    raters: int = 2,
+    noise: float = 0.3,
 ) -> str:
-    """Write ``ratings_train.parquet`` and ``ratings_eval.parquet`` under ``folder``; return its path."""
+    """Write ``ratings_{train,validation,test}.parquet`` under ``folder``; return its path."""
     folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(ratings_table(train, "train", raters=raters, noise=noise, seed=1), folder / "ratings_train.parquet")
-    pq.write_table(
-        ratings_table(evaluation, "eval", raters=raters, noise=noise, seed=2), folder / "ratings_eval.parquet"
-    )
+    for seed, (split, clips) in enumerate((("train", train), ("validation", validation), ("test", test)), 1):
+        table = ratings_table(clips, split, raters=raters, noise=noise, seed=seed)
+        pq.write_table(table, folder / f"ratings_{split}.parquet")
     return str(folder)

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from musicrl.data.snapshot import create_snapshot
-from musicrl.data.snapshot_config import SnapshotConfig
+from musicrl.data.snapshot_config import SPLITS, SnapshotConfig
 from tests.utils.recorder import recorded_event_ids
 
 
@@ -24,7 +24,7 @@ def wait_until_recorded(dataset: Path, event_ids: set[str], timeout_s: float = 1
 
 
 def snapshot_preferences(dataset: Path, out: Path, config: SnapshotConfig | None = None) -> pa.Table:
-    """Take a snapshot and return its preference rows, train and eval together."""
+    """Take a snapshot and return its preference rows, every split together."""
     result = create_snapshot(str(dataset), str(out), config or SnapshotConfig())
     folder = Path(result.uri)
-    return pa.concat_tables([pq.read_table(folder / f"preferences_{split}.parquet") for split in ("train", "eval")])
+    return pa.concat_tables([pq.read_table(folder / f"preferences_{split}.parquet") for split in SPLITS])

@@ -4,8 +4,8 @@ Clips come from the real generation path (``tiny://musicgen?seed=0`` through :cl
 several per prompt with different seeds and temperatures. A hidden score of each clip's *audio* plays the
 listener: for two clips of the same prompt, A wins with the Bradley–Terry probability
 σ((s_A − s_B) / τ). The clips' codes and WAVs go to a :class:`ClipStore` and the answers to
-``preferences_{train,eval}.parquet`` with the snapshot schema, split by prompt with the snapshot's own
-hash, so a reward model trained on it is judged on prompts it has not seen.
+``preferences_{train,validation,test}.parquet`` with the snapshot schema, split by prompt with the
+snapshot's own hash, so a reward model trained on it is chosen and judged on prompts it has not seen.
 
 The hidden score is **tonality**: minus the log spectral flatness (log of arithmetic over geometric mean
 of the power spectrum), z-scored over the clips, so listeners prefer tonal clips to noise-like ones. With
@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from musicrl.config import SamplingParams
 from musicrl.data.clips import ClipStore
 from musicrl.data.snapshot import PREFERENCES_SCHEMA, split_of
-from musicrl.data.snapshot_config import SnapshotConfig
+from musicrl.data.snapshot_config import SPLITS, SnapshotConfig
 from musicrl.models.audio import encode_wav
 from musicrl.models.engine import GenerationEngine, GenerationRequest
 from tests.utils.tiny_models import TINY_MUSICGEN_URI
@@ -60,18 +60,20 @@ class SyntheticSnapshot:
     """A snapshot folder written by :func:`write_preference_snapshot`.
 
     Attributes:
-        url: The snapshot folder (``preferences_{train,eval}.parquet``).
+        url: The snapshot folder (``preferences_{train,validation,test}.parquet``).
         clip_store_url: The clip store holding the codes and WAVs.
         scores: Hidden score of every clip, by clip id.
         train_pairs: Rows in ``preferences_train.parquet`` (ties and none answers included).
-        eval_pairs: Rows in ``preferences_eval.parquet``.
+        validation_pairs: Rows in ``preferences_validation.parquet``.
+        test_pairs: Rows in ``preferences_test.parquet``.
     """
 
     url: str
     clip_store_url: str
     scores: dict[str, float]
     train_pairs: int
-    eval_pairs: int
+    validation_pairs: int
+    test_pairs: int
 
 
 def tonality(audio: np.ndarray) -> float:
@@ -134,7 +136,8 @@ def write_preference_snapshot(
     clips_per_prompt: int = 6,
     duration_s: float = 0.5,
     temperature_tau: float = 0.15,
-    eval_fraction: float = 0.2,
+    validation_fraction: float = 0.15,
+    test_fraction: float = 0.15,
     tie_fraction: float = 0.03,
     none_fraction: float = 0.03,
     temperatures: tuple[float, ...] = TEMPERATURES,
@@ -152,7 +155,8 @@ def write_preference_snapshot(
         clips_per_prompt: Clips generated per prompt.
         duration_s: Length of each clip.
         temperature_tau: τ of the Bradley–Terry noise, in standard deviations of the hidden score.
-        eval_fraction: Share of prompts held out (split by the snapshot's prompt hash).
+        validation_fraction: Share of prompts held out to choose the epoch (by the snapshot's prompt hash).
+        test_fraction: Share of prompts held out to report on.
         tie_fraction: Share of answers replaced by ties.
         none_fraction: Share of answers replaced by 'none'.
         temperatures: Sampling temperatures, cycled over each prompt's clips.
@@ -167,7 +171,7 @@ def write_preference_snapshot(
         store.put_codes(clip.clip_id, clip.codes)
         store.put_wav(clip.clip_id, encode_wav(clip.audio, clip.sample_rate))
     rng = np.random.default_rng(seed + 1)
-    config = SnapshotConfig(eval_fraction=eval_fraction)
+    config = SnapshotConfig(validation_fraction=validation_fraction, test_fraction=test_fraction)
     rows = []
     for p in range(num_prompts):
         group = clips[p * clips_per_prompt : (p + 1) * clips_per_prompt]
@@ -183,7 +187,8 @@ def write_preference_snapshot(
         clip_store_url=store.url,
         scores={c.clip_id: c.score for c in clips},
         train_pairs=counts["train"],
-        eval_pairs=counts["eval"],
+        validation_pairs=counts["validation"],
+        test_pairs=counts["test"],
     )
 
 
@@ -227,14 +232,14 @@ def _row(a: SyntheticClip, b: SyntheticClip, choice: str, store: ClipStore, spli
 
 
 def write_pairs(snapshot: Path, rows: list[dict]) -> dict[str, int]:
-    """Write rows (dicts with every :data:`PREFERENCES_SCHEMA` column) as the snapshot's two split files.
+    """Write rows (dicts with every :data:`PREFERENCES_SCHEMA` column) as the snapshot's split files.
 
     Returns:
         Rows written per split.
     """
     snapshot.mkdir(parents=True, exist_ok=True)
     counts = {}
-    for split in ("train", "eval"):
+    for split in SPLITS:
         part = [r for r in rows if r["split"] == split]
         pq.write_table(
             pa.Table.from_pylist(part, schema=PREFERENCES_SCHEMA), snapshot / f"preferences_{split}.parquet"
@@ -249,7 +254,7 @@ def read_pairs_table(snapshot: str | Path, split: str) -> list[dict]:
 
 
 def with_shuffled_labels(
-    snapshot: SyntheticSnapshot, dest: Path, *, seed: int = 0, splits: tuple[str, ...] = ("train", "eval")
+    snapshot: SyntheticSnapshot, dest: Path, *, seed: int = 0, splits: tuple[str, ...] = SPLITS
 ) -> str:
     """A copy of ``snapshot`` under ``dest`` whose answers are permuted across the pairs of each of ``splits``.
 
@@ -258,7 +263,7 @@ def with_shuffled_labels(
     """
     rng = np.random.default_rng(seed)
     rows = []
-    for split in ("train", "eval"):
+    for split in SPLITS:
         table = read_pairs_table(snapshot.url, split)
         permutation = rng.permutation(len(table)) if split in splits else np.arange(len(table))
         rows += [
@@ -273,7 +278,8 @@ def random_codes_snapshot(
     root: Path,
     *,
     train_pairs: int = 24,
-    eval_pairs: int = 8,
+    validation_pairs: int = 8,
+    test_pairs: int = 8,
     frames: int = 10,
     num_codebooks: int = 4,
     vocab_size: int = 128,
@@ -283,13 +289,13 @@ def random_codes_snapshot(
     """A small snapshot of random clips (uniform codes, noise audio) and answers cycling through ``choices``.
 
     No model runs: for fast tests of the training plumbing (errors, files, save and load), not of learning.
-    Each pair has its own prompt; the first ``train_pairs`` are ``train``, the rest ``eval``.
+    Each pair has its own prompt; the first ``train_pairs`` are ``train``, then ``validation``, then ``test``.
     """
     rng = np.random.default_rng(seed)
     store = ClipStore(f"file://{root / 'clips'}")
     sample_rate = 32_000
     rows = []
-    for n in range(train_pairs + eval_pairs):
+    for n in range(train_pairs + validation_pairs + test_pairs):
         prompt = prompt_text(n)
         pair = []
         for _ in "ab":
@@ -304,7 +310,9 @@ def random_codes_snapshot(
             store.put_codes(clip.clip_id, clip.codes)
             store.put_wav(clip.clip_id, encode_wav(clip.audio, sample_rate))
             pair.append(clip)
-        split = "train" if n < train_pairs else "eval"
+        split = "train" if n < train_pairs else "validation" if n < train_pairs + validation_pairs else "test"
         rows.append(_row(pair[0], pair[1], choices[n % len(choices)], store, split, n))
     counts = write_pairs(root / "snapshot", rows)
-    return SyntheticSnapshot(str(root / "snapshot"), store.url, {}, counts["train"], counts["eval"])
+    return SyntheticSnapshot(
+        str(root / "snapshot"), store.url, {}, counts["train"], counts["validation"], counts["test"]
+    )

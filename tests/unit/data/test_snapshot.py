@@ -9,14 +9,14 @@ import pytest
 
 from musicrl.cli import main
 from musicrl.data.snapshot import PREFERENCES_SCHEMA, RATINGS_SCHEMA, create_snapshot, split_of
-from musicrl.data.snapshot_config import SnapshotConfig
+from musicrl.data.snapshot_config import SPLITS, SnapshotConfig
 from musicrl.errors import InvalidRequest
 from musicrl.v1 import events_pb2
 from tests.utils import events
 
 
 A, B, TIE, NONE = events_pb2.CHOICE_A, events_pb2.CHOICE_B, events_pb2.CHOICE_TIE, events_pb2.CHOICE_NONE
-FILES = ["preferences_train", "preferences_eval", "ratings_train", "ratings_eval"]
+FILES = [f"{kind}_{split}" for kind in ("preferences", "ratings") for split in SPLITS]
 
 
 def _feedback_events() -> list:
@@ -76,14 +76,14 @@ def _rows(uri: str, *names: str) -> list[dict]:
 
 
 def _preferences(uri: str) -> dict[str, dict]:
-    return {row["comparison_id"]: row for row in _rows(uri, "preferences_train", "preferences_eval")}
+    return {row["comparison_id"]: row for row in _rows(uri, *(f"preferences_{s}" for s in SPLITS))}
 
 
 def test_joins_and_filters_keep_only_listened_answers(dataset, tmp_path):
     result = create_snapshot(str(dataset), str(tmp_path / "out"), SnapshotConfig())
     rows = _preferences(result.uri)
     assert sorted(rows) == ["c1", "c2", "c4"]
-    assert len(_rows(result.uri, "preferences_train", "preferences_eval")) == 3  # c1 recorded twice, kept once
+    assert len(_rows(result.uri, *(f"preferences_{s}" for s in SPLITS))) == 3  # c1 recorded twice, kept once
     c1 = rows["c1"]
     assert (c1["choice"], c1["label"], c1["user_id"], c1["prompt"]) == ("a", 1.0, "u1", "lofi piano with rain")
     assert (c1["clip_a_id"], c1["clip_b_id"]) == ("c1-a", "c1-b")  # the comparison's A/B, not display order
@@ -97,16 +97,17 @@ def test_joins_and_filters_keep_only_listened_answers(dataset, tmp_path):
     assert rows["c2"]["label"] == 0.0
     assert (rows["c4"]["choice"], rows["c4"]["occurred_at"]) == ("b", events.at(10))  # the latest answer wins
     assert pq.read_schema(f"{result.uri}/preferences_train.parquet").names == PREFERENCES_SCHEMA.names
-    assert pq.read_schema(f"{result.uri}/ratings_eval.parquet").names == RATINGS_SCHEMA.names
+    assert pq.read_schema(f"{result.uri}/ratings_test.parquet").names == RATINGS_SCHEMA.names
 
 
 def test_manifest_counts_are_exact(dataset, tmp_path):
     result = create_snapshot(str(dataset), str(tmp_path / "out"), SnapshotConfig())
     manifest = json.loads(Path(result.uri, "manifest.json").read_text())
-    n_eval = sum(split_of(p, SnapshotConfig()) == "eval" for p in KEPT_PROMPTS)
-    expected = {**EXPECTED_PREFERENCES, "kept_train": 3 - n_eval, "kept_eval": n_eval}
+    kept = {f"kept_{s}": sum(split_of(p, SnapshotConfig()) == s for p in KEPT_PROMPTS) for s in SPLITS}
+    expected = {**EXPECTED_PREFERENCES, **kept}
     assert manifest["counts"]["preferences"] == expected
     assert sum(v for k, v in expected.items() if k != "read") == expected["read"]  # every row accounted for once
+    assert sum(kept.values()) == 3
     ratings = manifest["counts"]["ratings"]
     assert {k: v for k, v in ratings.items() if not k.startswith("kept")} == {
         "read": 5,
@@ -114,11 +115,11 @@ def test_manifest_counts_are_exact(dataset, tmp_path):
         "unknown_clip": 1,
         "invalid_score": 1,
     }
-    assert ratings["kept_train"] + ratings["kept_eval"] == 2
+    assert sum(ratings[f"kept_{s}"] for s in SPLITS) == 2
     assert manifest["hash"] == result.digest and manifest["uri"] == result.uri
     assert manifest["config"]["ties"] == "drop" and manifest["source_dataset_url"] == str(dataset)
     assert sorted(manifest["files"]) == sorted(f"{f}.parquet" for f in FILES)
-    rated = {r["clip_id"]: r for r in _rows(result.uri, "ratings_train", "ratings_eval")}
+    rated = {r["clip_id"]: r for r in _rows(result.uri, *(f"ratings_{s}" for s in SPLITS))}
     assert sorted(rated) == ["c1-a", "c2-b"]
     assert (rated["c1-a"]["score"], rated["c1-a"]["prompt"]) == (4, "lofi piano with rain")
     assert rated["c2-b"]["policy_version"] == "v2" and rated["c2-b"]["audio_uri"] == "s3://musicrl/clips/c2-b.wav"
@@ -178,29 +179,43 @@ def test_same_content_gives_the_same_folder_and_other_settings_another(dataset, 
     assert Path(first.uri).name == first.digest[:16]
 
 
-def test_split_is_stable_by_prompt_and_near_the_fraction():
-    config = SnapshotConfig(eval_fraction=0.2)
+def test_split_is_stable_by_prompt_and_near_the_fractions():
+    config = SnapshotConfig(validation_fraction=0.2, test_fraction=0.1)
     prompts = [f"prompt number {i}" for i in range(4000)]
     splits = [split_of(p, config) for p in prompts]
     assert splits == [split_of(p, config) for p in prompts]
-    assert 0.17 < splits.count("eval") / len(prompts) < 0.23
-    assert {split_of(p, SnapshotConfig(eval_fraction=0.0)) for p in prompts[:100]} == {"train"}
-    assert {split_of(p, SnapshotConfig(eval_fraction=1.0)) for p in prompts[:100]} == {"eval"}
-    assert [split_of(p, SnapshotConfig(eval_fraction=0.2, split_salt="x")) for p in prompts] != splits
+    assert 0.17 < splits.count("validation") / len(prompts) < 0.23
+    assert 0.08 < splits.count("test") / len(prompts) < 0.12
+    none_held_out = SnapshotConfig(validation_fraction=0.0, test_fraction=0.0)
+    assert {split_of(p, none_held_out) for p in prompts[:100]} == {"train"}
+    assert {split_of(p, SnapshotConfig(validation_fraction=0.0, test_fraction=1.0)) for p in prompts[:100]} == {"test"}
+    assert {split_of(p, SnapshotConfig(validation_fraction=1.0, test_fraction=0.0)) for p in prompts[:100]} == {
+        "validation"
+    }
+    other_salt = SnapshotConfig(validation_fraction=0.2, test_fraction=0.1, split_salt="x")
+    assert [split_of(p, other_salt) for p in prompts] != splits
 
 
-def test_no_prompt_lands_on_both_sides(tmp_path):
+def test_no_prompt_lands_in_two_splits(tmp_path):
     pairs = []
     for i in range(120):
         pairs += events.listened_pair(f"cmp-{i}", f"prompt {i % 40}", A)  # every prompt in three comparisons
     events.write_dataset(tmp_path / "events", pairs)
-    result = create_snapshot(str(tmp_path / "events"), str(tmp_path / "out"), SnapshotConfig(eval_fraction=0.3))
-    train = {r["prompt"] for r in _rows(result.uri, "preferences_train")}
-    evaluation = {r["prompt"] for r in _rows(result.uri, "preferences_eval")}
-    assert train and evaluation and not train & evaluation
-    assert len(train | evaluation) == 40
-    ids = [r["preference_event_id"] for r in _rows(result.uri, "preferences_train")]
-    assert ids == sorted(ids)  # deterministic order
+    config = SnapshotConfig(validation_fraction=0.3, test_fraction=0.3)
+    result = create_snapshot(str(tmp_path / "events"), str(tmp_path / "out"), config)
+    prompts = {s: {r["prompt"] for r in _rows(result.uri, f"preferences_{s}")} for s in SPLITS}
+    assert all(prompts.values())  # each split holds some prompts...
+    for first, second in ((0, 1), (0, 2), (1, 2)):
+        assert not prompts[SPLITS[first]] & prompts[SPLITS[second]]  # ...and shares none with another
+    assert len(set().union(*prompts.values())) == 40
+    for split in SPLITS:
+        rows = _rows(result.uri, f"preferences_{split}")
+        assert {r["split"] for r in rows} == {split}
+        assert len(rows) == 3 * len(prompts[split])  # all three comparisons of a prompt go to its split
+        ids = [r["preference_event_id"] for r in rows]
+        assert ids == sorted(ids)  # deterministic order
+    manifest = json.loads(Path(result.uri, "manifest.json").read_text())
+    assert [manifest["counts"]["preferences"][f"kept_{s}"] for s in SPLITS] == [3 * len(prompts[s]) for s in SPLITS]
 
 
 def test_an_empty_dataset_is_refused(tmp_path):
@@ -211,8 +226,10 @@ def test_an_empty_dataset_is_refused(tmp_path):
 def test_config_is_checked():
     with pytest.raises(InvalidRequest, match="ties must be 'drop' or 'keep'"):
         SnapshotConfig(ties="maybe")
-    with pytest.raises(InvalidRequest, match="eval_fraction must be between 0 and 1"):
-        SnapshotConfig(eval_fraction=1.5)
+    with pytest.raises(InvalidRequest, match="test_fraction must be between 0 and 1"):
+        SnapshotConfig(test_fraction=1.5)
+    with pytest.raises(InvalidRequest, match=r"validation_fraction \+ test_fraction must be at most 1"):
+        SnapshotConfig(validation_fraction=0.6, test_fraction=0.5)
 
 
 @pytest.fixture
@@ -256,7 +273,8 @@ def test_cli_flags_reach_the_snapshot(dataset, tmp_path, caplog, capsys):
         "min_listened_share": 0.5,
         "ties": "keep",
         "none": "drop",
-        "eval_fraction": 0.1,
+        "validation_fraction": 0.1,
+        "test_fraction": 0.1,
         "split_salt": "musicrl",
     }
     assert str(folder) in caplog.text

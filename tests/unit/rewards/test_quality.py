@@ -19,7 +19,7 @@ from tests.utils.rated_clips import SAMPLE_RATE, RatedClip, make_rated_clips, sy
 from tests.utils.tiny_models import SavedTinyCheckpoint
 
 
-SPEARMAN_FLOOR = 0.7  # the brief's bar; the tiny CLAP reaches ~0.92 on the eval split (see the report)
+SPEARMAN_FLOOR = 0.7  # the brief's bar; the tiny CLAP reached ~0.92 on the held-out split (see the report)
 CLIP_S = 3.0  # short clips: CLAP repeats them to 10 s anyway, and they keep the WAVs small
 
 
@@ -32,11 +32,12 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """One training run shared by the module: 80 train and 30 eval clips, 2 noisy raters each (~10 s)."""
+    """One training run shared by the module: 80 train, 20 validation and 30 test clips, 2 noisy raters each."""
     root = tmp_path_factory.mktemp("quality")
     snapshot = write_rated_snapshot(
         root / "snapshot",
         make_rated_clips(root / "clips", 80, duration_s=CLIP_S, seed=0),
+        make_rated_clips(root / "clips", 20, duration_s=CLIP_S, seed=4),
         make_rated_clips(root / "clips", 30, duration_s=CLIP_S, seed=1),
     )
     config = QualityTrainConfig(snapshot_url=snapshot, out_url=str(root / "model"), training_run="run-test")
@@ -54,12 +55,13 @@ def _batch(clips: list[RatedClip]) -> ClipBatch:
 @pytest.mark.slow
 def test_training_ranks_held_out_clips(trained: Trained) -> None:
     metrics = trained.result.metrics
-    print(f"eval Spearman {metrics['eval/spearman']:.3f}, eval RMSE {metrics['eval/rmse']:.3f} MOS")
+    print(f"test Spearman {metrics['test/spearman']:.3f}, test RMSE {metrics['test/rmse']:.3f} MOS")
 
-    assert metrics["eval/spearman"] >= SPEARMAN_FLOOR
-    assert metrics["eval/rmse"] < 0.7  # rater noise (σ 0.3) plus rounding alone make ~0.42
-    assert (trained.result.train_clips, trained.result.eval_clips) == (80, 30)
-    assert (trained.result.train_ratings, trained.result.eval_ratings) == (160, 60)
+    assert metrics["test/spearman"] >= SPEARMAN_FLOOR
+    assert metrics["test/rmse"] < 0.7  # rater noise (σ 0.3) plus rounding alone make ~0.42
+    result = trained.result
+    assert (result.train_clips, result.validation_clips, result.test_clips) == (80, 20, 30)
+    assert (result.train_ratings, result.validation_ratings, result.test_ratings) == (160, 40, 60)
 
 
 @pytest.mark.slow
@@ -79,12 +81,14 @@ def test_training_writes_metrics_plot_and_metadata(trained: Trained) -> None:
 
     assert [line["epoch"] for line in lines] == list(range(1, trained.config.epochs + 1))
     assert lines == trained.result.history
-    assert {"train/loss", "train/rmse", "eval/rmse", "eval/spearman"} <= set(lines[-1])
+    assert {"train/loss", "train/rmse", "validation/rmse", "validation/spearman"} <= set(lines[-1])
+    assert not [key for line in lines for key in line if key.startswith("test/")]  # test is scored once, at the end
     assert lines[-1]["train/loss"] < lines[0]["train/loss"]
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (metadata["kind"], metadata["parent_uri"]) == ("reward/quality", "tiny://clap?seed=0")
     assert metadata["training_run"] == "run-test"
-    assert metadata["metrics"]["eval/spearman"] == pytest.approx(trained.result.metrics["eval/spearman"])
+    assert metadata["metrics"]["test/spearman"] == pytest.approx(trained.result.metrics["test/spearman"])
+    assert metadata["metrics"]["validation/spearman"] == pytest.approx(lines[-1]["validation/spearman"])
 
 
 # checkpoints
@@ -189,9 +193,13 @@ def test_a_batch_of_codes_only_is_refused(tiny_quality: QualityModel) -> None:
 # training errors
 
 
-def _small_snapshot(tmp_path: Path, train: int, evaluation: int) -> tuple[str, list[RatedClip]]:
-    clips = make_rated_clips(tmp_path / "clips", train + evaluation, duration_s=1.0, seed=3)
-    return write_rated_snapshot(tmp_path / "snapshot", clips[:train], clips[train:], raters=1), clips
+def _small_snapshot(tmp_path: Path, train: int, validation: int, test: int = 2) -> tuple[str, list[RatedClip]]:
+    clips = make_rated_clips(tmp_path / "clips", train + validation + test, duration_s=1.0, seed=3)
+    held_out = clips[train:]
+    snapshot = write_rated_snapshot(
+        tmp_path / "snapshot", clips[:train], held_out[:validation], held_out[validation:], raters=1
+    )
+    return snapshot, clips
 
 
 def test_a_folder_without_ratings_is_refused(tmp_path: Path) -> None:
@@ -202,7 +210,7 @@ def test_a_folder_without_ratings_is_refused(tmp_path: Path) -> None:
 
 
 def test_too_few_ratings_are_refused(tmp_path: Path) -> None:
-    snapshot, _ = _small_snapshot(tmp_path, train=5, evaluation=3)
+    snapshot, _ = _small_snapshot(tmp_path, train=5, validation=3)
     config = QualityTrainConfig(snapshot_url=snapshot, out_url=str(tmp_path / "out"), min_ratings=20)
 
     with pytest.raises(InvalidRequest, match=r"has 5 training ratings; at least min_ratings=20 are needed"):
@@ -210,16 +218,19 @@ def test_too_few_ratings_are_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_fewer_than_two_eval_clips_are_refused(tmp_path: Path) -> None:
-    snapshot, _ = _small_snapshot(tmp_path, train=5, evaluation=1)
+@pytest.mark.parametrize(("validation", "test", "split"), [(1, 2, "validation"), (2, 1, "test")])
+def test_fewer_than_two_validation_or_test_clips_are_refused(tmp_path: Path, validation, test, split) -> None:
+    snapshot, _ = _small_snapshot(tmp_path, train=5, validation=validation, test=test)
     config = QualityTrainConfig(snapshot_url=snapshot, out_url=str(tmp_path / "out"), min_ratings=5)
 
-    with pytest.raises(InvalidRequest, match=r"has ratings of 1 eval clips; at least 2 are needed"):
+    with pytest.raises(
+        InvalidRequest, match=rf"has ratings of 1 {split} clips; at least 2 are needed.*{split}_fraction"
+    ):
         train_quality(config)
 
 
 def test_a_clip_with_missing_audio_is_refused(tmp_path: Path) -> None:
-    snapshot, clips = _small_snapshot(tmp_path, train=5, evaluation=2)
+    snapshot, clips = _small_snapshot(tmp_path, train=5, validation=2)
     Path(clips[0].audio_uri).unlink()
     config = QualityTrainConfig(snapshot_url=snapshot, out_url=str(tmp_path / "out"), min_ratings=5)
 
@@ -228,7 +239,7 @@ def test_a_clip_with_missing_audio_is_refused(tmp_path: Path) -> None:
 
 
 def test_scores_outside_the_scale_are_refused(tmp_path: Path) -> None:
-    snapshot, _ = _small_snapshot(tmp_path, train=5, evaluation=2)
+    snapshot, _ = _small_snapshot(tmp_path, train=5, validation=2)
     path = Path(snapshot) / "ratings_train.parquet"
     table = pq.read_table(path)
     pq.write_table(table.set_column(3, "score", [[0] * table.num_rows]).cast(table.schema), path)

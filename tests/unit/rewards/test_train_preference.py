@@ -9,6 +9,7 @@ import torch
 from musicrl.data.clips import ClipStore
 from musicrl.errors import IncompatibleModel, InvalidRequest
 from musicrl.models.loading import load_musicgen
+from musicrl.rewards import train_preference as trainer
 from musicrl.rewards.base import ClipBatch
 from musicrl.rewards.clap_preference import (
     ClapPreferenceTrainConfig,
@@ -72,7 +73,7 @@ def test_config_refuses_bad_values(overrides, message, tmp_path):
 
 
 def test_none_answers_are_dropped_and_ties_kept_soft_or_dropped(tmp_path):
-    snapshot = random_codes_snapshot(tmp_path, train_pairs=12, eval_pairs=0, choices=("a", "b", "tie", "none"))
+    snapshot = random_codes_snapshot(tmp_path, train_pairs=12, validation_pairs=0, choices=("a", "b", "tie", "none"))
     soft = read_pairs(snapshot.url, "train", ties="soft")
     dropped = read_pairs(snapshot.url, "train", ties="drop")
     assert (len(soft), soft.dropped_none, soft.dropped_ties) == (9, 3, 0)
@@ -86,14 +87,53 @@ def test_a_folder_that_is_not_a_snapshot_is_refused(tmp_path):
 
 
 def test_too_few_pairs_are_refused_with_the_count(tmp_path):
-    snapshot = random_codes_snapshot(tmp_path, train_pairs=10, eval_pairs=2, choices=("a", "none"))
+    snapshot = random_codes_snapshot(tmp_path, train_pairs=10, validation_pairs=2, choices=("a", "none"))
     with pytest.raises(InvalidRequest, match=r"has 5 usable training pairs \(5 'none' answers.*min_pairs=20"):
         train_preference(_config(snapshot.url, tmp_path / "out"))
 
 
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_a_snapshot_without_decisive_validation_or_test_pairs_is_refused(tmp_path, split):
+    snapshot = random_codes_snapshot(tmp_path, **{f"{split}_pairs": 0})
+    with pytest.raises(InvalidRequest, match=f"no decisive {split} pairs; raise the snapshot's {split}_fraction"):
+        train_preference(_config(snapshot.url, tmp_path / "out"))
+
+
+def test_the_epoch_is_chosen_on_validation_and_test_is_scored_once_on_the_kept_model(tmp_path, monkeypatch):
+    snapshot = random_codes_snapshot(tmp_path, train_pairs=24)
+    scored: list[str] = []
+    evaluate = trainer.evaluate
+
+    def spy(model, pairs, *args, **kwargs):
+        scored.append(pairs.split)
+        return evaluate(model, pairs, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", spy)
+    result = train_preference(_config(snapshot.url, tmp_path / "out", epochs=3))
+
+    assert scored == ["validation"] * 4 + ["test"]  # the untrained model and each epoch, then test once
+    assert not [key for row in result.history for key in row if key.startswith("test/")]
+    validation = [result.metrics["validation/accuracy_init"]] + [row["validation/accuracy"] for row in result.history]
+    assert result.best_epoch == int(np.argmax(validation))  # the first best validation epoch, whatever test says
+    # the reported test accuracy is the saved model's, recomputed here from the test rows alone
+    model = load_preference(result.uri)
+    rows = read_pairs_table(snapshot.url, "test")
+    prompts = [row["prompt"] for row in rows]
+    with torch.no_grad():
+        r_a, r_b = (
+            model.score_codes(
+                prompts, [np.load(row[f"clip_{side}_codes_uri"].removeprefix("file://")) for row in rows]
+            )
+            for side in "ab"
+        )
+    labels = np.array([row["label"] for row in rows])
+    assert result.metrics["test/accuracy"] == pytest.approx(pair_accuracy((r_a - r_b).numpy(), labels))
+    assert result.metrics["data/test_pairs"] == len(rows) == 8
+
+
 def test_a_missing_codes_file_is_refused_with_its_uri(tmp_path):
     snapshot = random_codes_snapshot(tmp_path)
-    gone = read_pairs_table(snapshot.url, "eval")[0]["clip_b_codes_uri"]
+    gone = read_pairs_table(snapshot.url, "test")[0]["clip_b_codes_uri"]
     Path(gone.removeprefix("file://")).unlink()
     with pytest.raises(InvalidRequest, match=f"the codes file {gone} is missing"):
         train_preference(_config(snapshot.url, tmp_path / "out"))
@@ -119,14 +159,14 @@ def test_codes_the_policy_cannot_read_are_refused_with_their_uri(tmp_path, codes
 
 
 def test_training_writes_metrics_plot_and_a_loadable_checkpoint(tmp_path):
-    snapshot = random_codes_snapshot(tmp_path, train_pairs=24, eval_pairs=8)
+    snapshot = random_codes_snapshot(tmp_path, train_pairs=24)
     result = train_preference(_config(snapshot.url, tmp_path / "out", epochs=2))
     assert [json.loads(line)["epoch"] for line in Path(result.metrics_url).read_text().splitlines()] == [1, 2]
     assert Path(result.plot_url).read_bytes()[:4] == b"\x89PNG"
     metadata = json.loads((tmp_path / "out" / "musicrl.json").read_text())
     assert metadata["kind"] == "reward/preference"
-    assert {"eval/accuracy", "eval/loss", "best_epoch", "data/train_pairs"} <= set(metadata["metrics"])
-    assert metadata["metrics"]["data/train_pairs"] == 24
+    assert {"test/accuracy", "test/loss", "validation/accuracy", "best_epoch"} <= set(metadata["metrics"])
+    assert [metadata["metrics"][f"data/{s}_pairs"] for s in ("train", "validation", "test")] == [24, 8, 8]
 
     model = load_preference(result.uri)
     policy = load_musicgen(TINY_MUSICGEN_URI).model
@@ -136,7 +176,7 @@ def test_training_writes_metrics_plot_and_a_loadable_checkpoint(tmp_path):
 
 
 def test_unfreezing_the_text_encoder_trains_it(tmp_path):
-    snapshot = random_codes_snapshot(tmp_path, train_pairs=24, eval_pairs=8, choices=("a",))  # A always wins
+    snapshot = random_codes_snapshot(tmp_path, train_pairs=24, choices=("a",))  # A always wins
     result = train_preference(_config(snapshot.url, tmp_path / "out", epochs=1, freeze_text_encoder=False))
     model = load_preference(result.uri)
     assert result.best_epoch == 1
@@ -144,11 +184,11 @@ def test_unfreezing_the_text_encoder_trains_it(tmp_path):
 
 
 def test_clap_baseline_trains_saves_and_loads(tmp_path):
-    snapshot = random_codes_snapshot(tmp_path, train_pairs=24, eval_pairs=8)
+    snapshot = random_codes_snapshot(tmp_path, train_pairs=24)
     uri, metrics = train_clap_preference(
         ClapPreferenceTrainConfig(snapshot_url=snapshot.url, out_url=str(tmp_path / "clap-rm"), epochs=5)
     )
-    assert 0.0 <= metrics["eval/accuracy"] <= 1.0 and metrics["train/loss"] < math.log(2)
+    assert 0.0 <= metrics["test/accuracy"] <= 1.0 and metrics["train/loss"] < math.log(2)
     reward = load_clap_preference(uri)
     assert reward.name == "preference" and float(reward.head.linear.weight.abs().sum()) > 0
     rng = np.random.default_rng(0)
