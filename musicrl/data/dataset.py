@@ -19,6 +19,7 @@ import logging
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator, Sequence
 
 import fsspec
 import pyarrow as pa
@@ -35,6 +36,7 @@ from musicrl.errors import InvalidRequest
 logger = logging.getLogger(__name__)
 
 PARQUET_COMPRESSION = "zstd"  # ~2x smaller than snappy on these string-heavy rows, and as fast to read
+EVENT_BATCH_ROWS = 65_536  # rows decoded at a time when scanning events: a few MB of projected columns
 
 
 def read_snapshot_table(snapshot_url: str, name: str, columns: tuple[str, ...]) -> pa.Table:
@@ -140,7 +142,44 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def read_kind(dataset_url: str, message_type: type[Message]) -> pa.Table:
+def scan_kind(
+    dataset_url: str, message_type: type[Message], columns: Sequence[str], *, batch_rows: int = EVENT_BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """The ``columns`` of every recorded event of one kind, batch by batch, in the schema of the current code.
+
+    Only those columns are decoded, and no more than ``batch_rows`` rows at a time, so a caller that
+    reduces each batch holds one batch, not the whole kind.
+
+    Args:
+        dataset_url: Root of the dataset.
+        message_type: The event class; its kind names the folder.
+        columns: The columns to read, a subset of the kind's :func:`~musicrl.data.event_tables.arrow_schema`.
+        batch_rows: Most rows per batch.
+
+    Yields:
+        Record batches with exactly ``columns`` (duplicates included); none when the kind has no files.
+
+    Raises:
+        ValueError: A column the kind does not have, or ``batch_rows`` < 1.
+    """
+    schema = arrow_schema(message_type)
+    unknown = [c for c in columns if c not in schema.names]
+    if unknown or batch_rows < 1:
+        raise ValueError(f"{kind_of(message_type)} has no columns {unknown}, or batch_rows={batch_rows} < 1")
+    fs, root = fsspec.core.url_to_fs(join_url(dataset_url, kind_of(message_type)))
+    if not fs.isdir(root):
+        return
+    dataset = pads.dataset(root, schema=schema, format="parquet", partitioning="hive", filesystem=fs)
+    yield from dataset.scanner(columns=list(columns), batch_size=batch_rows).to_batches()
+
+
+def read_kind(
+    dataset_url: str,
+    message_type: type[Message],
+    columns: Sequence[str] | None = None,
+    *,
+    batch_rows: int = EVENT_BATCH_ROWS,
+) -> pa.Table:
     """Every recorded event of one kind, in the schema of the current code.
 
     Files written before a field was added lack its column; it reads back as null. The ``date=``
@@ -149,13 +188,17 @@ def read_kind(dataset_url: str, message_type: type[Message]) -> pa.Table:
     Args:
         dataset_url: Root of the dataset.
         message_type: The event class; its kind names the folder.
+        columns: Read only these columns (default: all of them).
+        batch_rows: Most rows decoded at a time (see :func:`scan_kind`).
 
     Returns:
-        All rows (duplicates included), or an empty table with the kind's schema when there are no files.
+        All rows (duplicates included), or an empty table of those columns when there are no files.
+
+    Raises:
+        ValueError: A column the kind does not have.
     """
     schema = arrow_schema(message_type)
-    fs, root = fsspec.core.url_to_fs(join_url(dataset_url, kind_of(message_type)))
-    if not fs.isdir(root):
-        return schema.empty_table()
-    dataset = pads.dataset(root, schema=schema, format="parquet", partitioning="hive", filesystem=fs)
-    return dataset.to_table()
+    names = list(columns) if columns is not None else schema.names
+    projected = pa.schema([schema.field(n) for n in names], metadata=schema.metadata)
+    batches = list(scan_kind(dataset_url, message_type, names, batch_rows=batch_rows))
+    return pa.Table.from_batches(batches, schema=projected)

@@ -6,16 +6,47 @@ Row order out of these functions is not defined (Arrow joins run in parallel); t
 """
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from musicrl.data.event_tables import arrow_schema
+from musicrl.v1 import events_pb2
+
 
 logger = logging.getLogger(__name__)
 
+# The columns of each kind that the joins below read: a snapshot decodes only these, not whole events.
+EVENT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "preference_submitted": ("event_id", "occurred_at", "comparison_id", "user_id", "choice"),
+    "comparison_served": (
+        "event_id",
+        "occurred_at",
+        "comparison_id",
+        "prompt",
+        "clip_a_clip_id",
+        "clip_b_clip_id",
+        *(f"clip_{s}_policy_{f}" for s in "ab" for f in ("model_uri", "version")),
+    ),
+    "generation_completed": (
+        "event_id",
+        "occurred_at",
+        "clip_id",
+        "prompt",
+        "duration_s",
+        "audio_uri",
+        "codes_uri",
+        "policy_model_uri",
+        "policy_version",
+    ),
+    "playback": ("comparison_id", "clip_id", "user_id", "listened_ms", "completed"),
+    "quality_rating": ("event_id", "occurred_at", "clip_id", "rater_id", "score"),
+}
+PLAYBACK_KEYS = ["comparison_id", "clip_id", "user_id"]
+PLAYBACK_COMPACT_ROWS = 1_000_000  # reduced playback rows pending before they are reduced together again
 CHOICES = ("a", "b", "tie", "none")
 LABELS = {"a": 1.0, "b": 0.0, "tie": 0.5}  # P(A preferred); "none" (no trophy) has no label
 MIN_SCORE, MAX_SCORE = 1, 5  # QualityRating.score: 1 (bad) to 5 (excellent); 0 is unset
@@ -124,6 +155,46 @@ def _first_per(table: pa.Table, key: str) -> pa.Table:
     return _pick_per(_in_time_order(drop_duplicates(table)), [key], pick="min")
 
 
+def reduce_playback(batches: Iterable[pa.RecordBatch | pa.Table]) -> pa.Table:
+    """Per (comparison, clip, user): the longest report (``listened_ms``) and whether any reached the end.
+
+    Playback is the most numerous kind (a page reports every few seconds of listening), and the listening
+    rule reads no more than these two figures: a report counts when it reached the end or lasted long
+    enough, so some report counts exactly when one reached the end or the longest lasted long enough.
+    Both are idempotent, so duplicated events need no dropping, and reducing each batch as it is read,
+    then the reductions, gives what reducing every report at once would.
+
+    Args:
+        batches: Playback rows with at least ``comparison_id``, ``clip_id``, ``user_id``, ``listened_ms``
+            and ``completed``.
+
+    Returns:
+        One row per (comparison, clip, user) with those five columns.
+    """
+    parts: list[pa.Table] = []
+    pending = compacted = 0
+    for batch in batches:
+        parts.append(_reduce_reports(pa.table(batch)))
+        pending += parts[-1].num_rows
+        if pending > 2 * compacted + PLAYBACK_COMPACT_ROWS:  # amortised: what is pending at least halves
+            parts = [_reduce_reports(pa.concat_tables(parts))]
+            pending = compacted = parts[0].num_rows
+    if not parts:
+        parts = [arrow_schema(events_pb2.Playback).empty_table()]
+    return _reduce_reports(pa.concat_tables(parts))
+
+
+def _reduce_reports(playback: pa.Table) -> pa.Table:
+    grouped = playback.group_by(PLAYBACK_KEYS, use_threads=False).aggregate(
+        [("listened_ms", "max"), ("completed", "any")]
+    )
+    return (
+        grouped.select(["listened_ms_max", "completed_any", *PLAYBACK_KEYS])
+        .rename_columns(["listened_ms", "completed", *PLAYBACK_KEYS])
+        .select([*PLAYBACK_KEYS, "listened_ms", "completed"])
+    )
+
+
 def _listening(playback: pa.Table, clips: pa.Table, min_listened_ms: int, min_listened_share: float) -> pa.Table:
     """Per (comparison, clip, user): the longest playback report and whether any counts as listened.
 
@@ -131,8 +202,9 @@ def _listening(playback: pa.Table, clips: pa.Table, min_listened_ms: int, min_li
     (a client that reports cumulative totals would be double counted); the longest is the best figure.
     A report counts when it reached the end, or lasted ``min_listened_share`` of the clip and
     ``min_listened_ms`` (and more than 0 ms); a clip with no known length needs only the latter.
+    ``playback`` may hold raw reports or :func:`reduce_playback`'s rows: the result is the same.
     """
-    playback = drop_duplicates(playback)
+    playback = reduce_playback([playback])
     lengths = clips.select(["clip_id", "duration_s"]).rename_columns(["clip_id", "_duration_s"])
     playback = playback.join(lengths, keys="clip_id", join_type="left outer", use_threads=False)
     # whole milliseconds, rounded down: durations are float32 in events, and the gateway tells listeners the

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from musicrl.bus.subjects import kind_of
 from musicrl.data import feedback
-from musicrl.data.dataset import join_url, parquet_bytes, read_kind, write_durably
+from musicrl.data.dataset import EVENT_BATCH_ROWS, join_url, parquet_bytes, read_kind, scan_kind, write_durably
 from musicrl.data.snapshot_config import SPLITS, SnapshotConfig
 from musicrl.errors import InvalidRequest
 from musicrl.v1 import events_pb2
@@ -102,12 +102,32 @@ def split_of(prompt: str, config: SnapshotConfig) -> str:
     return "validation" if u < config.test_fraction + config.validation_fraction else "train"
 
 
-def read_events(dataset_url: str) -> dict[str, pa.Table]:
-    """Every kind a snapshot needs, read from the dataset (duplicates included), by kind."""
+def read_events(dataset_url: str, *, batch_rows: int = EVENT_BATCH_ROWS) -> dict[str, pa.Table]:
+    """Every kind a snapshot needs, read from the dataset batch by batch, by kind.
+
+    Only the columns the joins read are decoded (:data:`~musicrl.data.feedback.EVENT_COLUMNS`), and
+    playback reports, the most numerous kind, are reduced as they are read to one row per (comparison,
+    clip, user) (:func:`~musicrl.data.feedback.reduce_playback`); the other kinds keep every row,
+    duplicates included, for the joins to deduplicate.
+
+    Args:
+        dataset_url: Root of the event dataset.
+        batch_rows: Most rows decoded at a time.
+
+    Returns:
+        Tables by kind.
+    """
     tables = {}
     for message_type in tqdm(SOURCE_TYPES, desc="reading events", unit="kind"):
-        tables[kind_of(message_type)] = read_kind(dataset_url, message_type)
-        logger.debug("read %d %s rows", tables[kind_of(message_type)].num_rows, kind_of(message_type))
+        kind = kind_of(message_type)
+        columns = feedback.EVENT_COLUMNS[kind]
+        if kind == "playback":
+            tables[kind] = feedback.reduce_playback(
+                scan_kind(dataset_url, message_type, columns, batch_rows=batch_rows)
+            )
+        else:
+            tables[kind] = read_kind(dataset_url, message_type, columns, batch_rows=batch_rows)
+        logger.debug("read %d %s rows", tables[kind].num_rows, kind)
     return tables
 
 

@@ -4,11 +4,13 @@ import json
 import logging
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from musicrl.cli import main
-from musicrl.data.snapshot import PREFERENCES_SCHEMA, RATINGS_SCHEMA, create_snapshot, split_of
+from musicrl.data import feedback
+from musicrl.data.snapshot import PREFERENCES_SCHEMA, RATINGS_SCHEMA, create_snapshot, read_events, split_of
 from musicrl.data.snapshot_config import SPLITS, SnapshotConfig
 from musicrl.errors import InvalidRequest
 from musicrl.v1 import events_pb2
@@ -216,6 +218,29 @@ def test_no_prompt_lands_in_two_splits(tmp_path):
         assert ids == sorted(ids)  # deterministic order
     manifest = json.loads(Path(result.uri, "manifest.json").read_text())
     assert [manifest["counts"]["preferences"][f"kept_{s}"] for s in SPLITS] == [3 * len(prompts[s]) for s in SPLITS]
+
+
+def test_events_are_read_batch_by_batch_and_only_the_columns_the_joins_use(dataset):
+    tables = read_events(str(dataset), batch_rows=2)  # every kind spans several batches
+    assert {kind: tuple(table.column_names) for kind, table in tables.items()} == feedback.EVENT_COLUMNS
+    assert tables["preference_submitted"].num_rows == EXPECTED_PREFERENCES["read"]  # duplicates kept for the joins
+    whole = read_events(str(dataset))  # one batch per file
+    for kind, table in tables.items():
+        assert sorted(map(str, table.to_pylist())) == sorted(map(str, whole[kind].to_pylist())), kind
+
+
+def test_playback_reports_reduce_to_one_row_per_listener_and_clip_as_they_are_read(tmp_path):
+    pair = events.listened_pair("c1", "lofi", A)
+    progress = [events.playback("c1", "c1-b", ms) for ms in range(100, 6_000, 100)]  # reports before the last 6 s
+    events.write_dataset(tmp_path / "many", pair + progress + pair[3:5], files_per_kind=3)  # and duplicates
+    events.write_dataset(tmp_path / "few", pair)
+    tables = read_events(str(tmp_path / "many"), batch_rows=7)
+    assert tables["playback"].num_rows == 2  # clip A and clip B of c1, for u1
+    b = tables["playback"].filter(pc.equal(tables["playback"]["clip_id"], "c1-b")).to_pylist()
+    assert [(r["listened_ms"], r["completed"]) for r in b] == [(6_000, False)]
+    many = create_snapshot(str(tmp_path / "many"), str(tmp_path / "out"), SnapshotConfig())
+    few = create_snapshot(str(tmp_path / "few"), str(tmp_path / "out"), SnapshotConfig())
+    assert many.digest == few.digest  # the same answer, listened to the same way
 
 
 def test_an_empty_dataset_is_refused(tmp_path):
