@@ -28,7 +28,7 @@ class ValueLayout(enum.StrEnum):
 
 class AlarmAction(enum.StrEnum):
     STOP = "stop"  # end the run when the alarm fires
-    KEEP_BEST = "keep_best"  # run on, but keep the checkpoint with the best held-out reward as "best"
+    KEEP_BEST = "keep_best"  # run on; checkpoints/best names the saved checkpoint with the best held-out reward
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +58,40 @@ class AlarmConfig:
     max_drop: float = 0.05
     action: AlarmAction = AlarmAction.KEEP_BEST
 
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise InvalidRequest(f"held_out.window must be >= 1 step, got {self.window}")
+        if not (math.isfinite(self.max_drop) and self.max_drop >= 0):
+            raise InvalidRequest(f"held_out.max_drop must be a finite number >= 0, got {self.max_drop}")
+
 
 @dataclass(frozen=True, slots=True)
 class OptimConfig:
+    """Optimisation of the policy and the value model (one AdamW each).
+
+    Attributes:
+        steps: Gradient steps of the run.
+        batch_size: Prompts per step per process.
+        policy_lr: The policy's learning rate; value_lr: the value model's.
+        max_grad_norm: Each optimiser's parameters are clipped to this gradient norm on their own, so the
+            value's large early gradients cannot shrink the policy's step.
+        value_coef: Weight of the value loss in the shared-trunk layout; unused with a separate value model.
+    """
+
     steps: int = 1000
     batch_size: int = 8  # prompts per step per process
     policy_lr: float = 1e-5
     value_lr: float = 1e-4
-    max_grad_norm: float = 1.0
-    value_coef: float = 0.5  # weight of the value loss when the trunk is shared
+    max_grad_norm: float = 1.0  # L2 norm, per optimiser
+    value_coef: float = 0.5  # weight of the value loss when the trunk is shared (value: shared)
+
+    def __post_init__(self) -> None:
+        for name in ("policy_lr", "value_lr", "max_grad_norm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise InvalidRequest(f"optim.{name} must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.value_coef) and self.value_coef >= 0):
+            raise InvalidRequest(f"optim.value_coef must be a finite number >= 0, got {self.value_coef}")
 
 
 @dataclass(frozen=True, slots=True)
