@@ -2,8 +2,10 @@
 
 One step: draw prompts (this process's shard), sample one clip each at the rollouts' temperature, score
 the clips (in process or through the reward service), compute the reference's likelihoods, then one
-gradient step of KL-regularised REINFORCE for the policy and of regression for the value model. Metrics go
-to ``metrics.jsonl`` and a plot; checkpoints are generator-loadable ``save_pretrained`` directories.
+gradient step of KL-regularised REINFORCE for the policy and of regression for the value model, each clipped
+on its own. Metrics go to ``metrics.jsonl`` and a plot; checkpoints are generator-loadable ``save_pretrained``
+directories, written every ``checkpoint_every`` steps, at the end and once when the over-optimisation alarm
+fires. Each holds what the run needs to continue exactly (reward statistics, alarm window, RNG states).
 """
 
 import logging
@@ -43,11 +45,21 @@ logger = logging.getLogger(__name__)
 
 MAX_PROMPT_TOKENS = 256  # as the engine's default
 ADAM_EPS = 1e-6
+OPTIMIZER_NAMES = ("policy", "value")  # metrics keys grad_norm/<name>, in the order of _optimizers()
 
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
-    """How a run ended: its last step, where its checkpoints are, and whether the alarm stopped it."""
+    """How a run ended.
+
+    Attributes:
+        last_step: The last step done.
+        checkpoints: The checkpoint folders this call wrote, in order.
+        best_checkpoint: The step checkpoint ``checkpoints/best`` names (best held-out window mean among the
+            saved ones), or None without a held-out reward.
+        stopped_by_alarm: Whether the alarm ended the run early.
+        metrics_path: The ``metrics.jsonl`` file.
+    """
 
     last_step: int
     checkpoints: list[str]
@@ -94,7 +106,10 @@ class RLTrainer:
         check_compatible(policy, reference)
         policy.model.decoder.requires_grad_(True)  # the decoder learns; text encoder and codec stay frozen
         value = _build_value(policy, config)
-        objective = RLObjective(policy.model, value, config.sampling, config.alpha, config.optim.value_coef)
+        # value_coef weighs the value loss against the policy's where both move one trunk; a separate value
+        # model has its own optimiser and clip, so a weight there would only rescale its gradients
+        value_coef = config.optim.value_coef if config.value is ValueLayout.SHARED else 1.0
+        objective = RLObjective(policy.model, value, config.sampling, config.alpha, value_coef)
         rewards = RewardMixture(
             {r.reward: _build_reward(r.reward, r.uri, config) for r in config.rewards}, config.mixture()
         )
@@ -108,9 +123,10 @@ class RLTrainer:
         optimizers = self._optimizers()
         log = MetricsLog(out / "metrics.jsonl")
         alarm = _alarm(self.config)
-        start = checkpoints.resume(out, self.policy.model, self.objective.value, optimizers, alarm, log)
+        best = checkpoints.BestCheckpoint()
+        start = self._resume(out, optimizers, alarm, best, log)
         engine = GenerationEngine(self.policy, EngineConfig(device=self.config.device))
-        saved, best, stopped = [], None, False
+        saved, stopped = [], False
         progress = tqdm(range(start, self.config.optim.steps), initial=start, total=self.config.optim.steps,
                         desc=f"RL {self.config.stage}", disable=not self.topology.is_main)  # fmt: skip
         for step in progress:
@@ -119,19 +135,22 @@ class RLTrainer:
                 log.write(step + 1, metrics)
                 progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.3f}")
             fired = alarm.update(step + 1, metrics[_held_out_key(self.config)]) if alarm else False
-            if alarm and alarm.improved_at == step + 1:
-                best = self._save(out, step + 1, optimizers, alarm, tag="best")
-            if (step + 1) % self.config.checkpoint_every == 0 or step + 1 == self.config.optim.steps or fired:
-                saved.append(self._save(out, step + 1, optimizers, alarm))
+            if checkpoints.is_due(step + 1, self.config, fired):
+                saved.append(self._save(out, step + 1, optimizers, alarm, best))
             if fired:
-                logger.warning("over-optimisation alarm at step %d: held-out reward fell; see %s", step + 1, best)
+                logger.warning(
+                    "over-optimisation alarm at step %d: held-out reward fell; best: %s", step + 1, best.name
+                )
                 if self.config.held_out and self.config.held_out.action is AlarmAction.STOP:
                     stopped = True
                     break
         if self.topology.is_main:
             plot_run(log.read(), out / "training.png", f"MusicRL-{self.config.stage}: {self.config.policy_uri}")
         close_distributed()
-        return RunResult(step + 1 if self.config.optim.steps > start else start, saved, best, stopped, str(log.path))
+        best_path = str(out / "checkpoints" / best.name) if best.name else None
+        return RunResult(
+            step + 1 if self.config.optim.steps > start else start, saved, best_path, stopped, str(log.path)
+        )
 
     def _step(
         self, step: int, engine: GenerationEngine, trainable: torch.nn.Module, optimizers: list[torch.optim.Optimizer]
@@ -148,12 +167,14 @@ class RLTrainer:
             optimizer.zero_grad(set_to_none=True)
         output = trainable(inputs)
         output.total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in self.objective.parameters() if p.requires_grad], self.config.optim.max_grad_norm
-        )
-        for optimizer in optimizers:
+        # one clip per optimiser: under a joint clip the value loss (V starts at 0, far from R) dominates the
+        # norm early on and shrinks the policy's step with it
+        for name, optimizer in zip(OPTIMIZER_NAMES, optimizers, strict=True):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm)
+            buffer.add(f"grad_norm/{name}", norm)
             optimizer.step()
-        self._record(buffer, output, total, raw, clips, float(grad_norm))
+        self._record(buffer, output, total, raw, clips)
         buffer.add("time/rollout_s", sampled - started)
         buffer.add("time/step_s", time.monotonic() - started)
         buffer.add("trajectories_per_s", len(prompts) / (time.monotonic() - started))
@@ -175,7 +196,6 @@ class RLTrainer:
         total: np.ndarray,
         raw: dict[str, np.ndarray],
         clips: ClipBatch,
-        grad_norm: float,
     ) -> None:
         terms = output.terms
         buffer.add("reward/mean", float(total.mean()))
@@ -190,7 +210,6 @@ class RLTrainer:
         buffer.add("value_loss", terms.value_loss)
         buffer.add("advantage/mean", terms.advantage.mean())
         buffer.add("advantage/std", terms.advantage.std())
-        buffer.add("grad_norm", grad_norm)
 
     def _prompts_and_seeds(self, step: int) -> tuple[list[str], list[int]]:
         """This process's prompts and rollout seeds for ``step``: fixed by (seed, step, rank), so a resumed run
@@ -206,6 +225,7 @@ class RLTrainer:
         return self.objective
 
     def _optimizers(self) -> list[torch.optim.Optimizer]:
+        """The policy's and the value's AdamW, in the order of ``OPTIMIZER_NAMES``."""
         optim = self.config.optim
         policy_params = [p for p in self.policy.model.decoder.parameters() if p.requires_grad]
         value_params = [p for p in self.objective.value.parameters() if p.requires_grad]
@@ -217,14 +237,53 @@ class RLTrainer:
         ]
 
     def _save(
-        self, out: Path, step: int, optimizers: Sequence[torch.optim.Optimizer], alarm: OverOptimisationAlarm | None,
-        tag: str | None = None,
-    ) -> str:  # fmt: skip
-        path = ""
+        self,
+        out: Path,
+        step: int,
+        optimizers: Sequence[torch.optim.Optimizer],
+        alarm: OverOptimisationAlarm | None,
+        best: checkpoints.BestCheckpoint,
+    ) -> str:
+        """Checkpoint ``step`` and, if its held-out window mean is the best so far, point ``best`` at it."""
+        name = checkpoints.step_name(step)
+        new_best = alarm is not None and best.offer(name, step, alarm.window_mean)
+        state = {
+            "alarm": alarm.state_dict() if alarm else None,
+            "best": best.state_dict(),
+            "rewards": self.rewards.state_dict(),
+            "rng": checkpoints.rng_states(),  # every rank's, gathered: a collective, before the rank check
+        }
         if self.topology.is_main:
-            path = checkpoints.save(out, step, self.policy, self.objective.value, optimizers, alarm, self.config, tag)
+            checkpoints.save(out, step, self.policy, self.objective.value, optimizers, self.config, state)
+            if new_best:
+                checkpoints.write_pointer(out, checkpoints.BEST, name)
         barrier()
-        return path
+        return str(out / "checkpoints" / name)
+
+    def _resume(
+        self,
+        out: Path,
+        optimizers: Sequence[torch.optim.Optimizer],
+        alarm: OverOptimisationAlarm | None,
+        best: checkpoints.BestCheckpoint,
+        log: MetricsLog,
+    ) -> int:
+        """Restore the latest checkpoint's models, optimisers and trainer state; returns its step (0 if none)."""
+        state = checkpoints.resume(out, self.policy.model, self.objective.value, optimizers)
+        if state is None:
+            return 0
+        # .get: checkpoints written before these parts were saved still resume (with fresh ones)
+        if alarm is not None and state.get("alarm"):
+            alarm.load_state_dict(state["alarm"])
+        if state.get("best"):
+            best.load_state_dict(state["best"])
+        if state.get("rewards"):
+            self.rewards.load_state_dict(state["rewards"])
+        if state.get("rng"):
+            checkpoints.restore_rng_states(state["rng"], self.topology.rank)
+        if self.topology.is_main:
+            log.truncate_after(state["step"])
+        return int(state["step"])
 
 
 def check_compatible(policy: MusicgenBundle, reference: MusicgenBundle) -> None:

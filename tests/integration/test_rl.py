@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from musicrl.config import SamplingParams
+from musicrl.config import EngineConfig, SamplingParams
 from musicrl.errors import IncompatibleModel, InvalidRequest, ModelNotFound
 from musicrl.models.engine import GenerationEngine, GenerationRequest
 from musicrl.models.loading import load_musicgen
+from musicrl.rewards.base import ClipBatch, ClipInput
+from musicrl.rl import checkpoints
 from musicrl.rl.config import RLConfig
 from musicrl.rl.trainer import RLTrainer, train_rl
 from tests.utils.processes import REPO_ROOT
@@ -69,6 +71,8 @@ def test_a_short_run_raises_the_reward_by_a_clear_margin(trained):
     assert [r["step"] for r in rows] == list(range(1, 25))
     assert rows[-1]["kl"] < 8.0  # nats per step: the policy moved, but stayed near its reference
     assert {"reward/mean", "reward/low-codes/mean", "kl", "entropy", "value_loss", "advantage/std"} <= set(rows[0])
+    assert {"grad_norm/policy", "grad_norm/value"} <= set(rows[0]) and "grad_norm" not in rows[0]
+    assert all(r["grad_norm/policy"] > 0 and r["grad_norm/value"] > 0 for r in rows)
     assert (out / "training.png").stat().st_size > 10_000
 
 
@@ -203,9 +207,12 @@ def test_the_over_optimisation_alarm_fires_when_a_held_out_reward_falls(tmp_path
     # trained on low-codes, watched on high-codes: by construction the second falls as the first rises
     held_out = {"reward": "high-codes", "uri": "analytic://high-codes?vocab_size=128", "window": 2,
                 "max_drop": 0.05, "action": action}  # fmt: skip
-    result = train_rl(_config(tmp_path / "run", alpha=0.0, held_out=held_out, checkpoint_every=100))
+    result = train_rl(_config(tmp_path / "run", alpha=0.0, held_out=held_out, checkpoint_every=2))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert result.best_checkpoint is not None and Path(result.best_checkpoint).name == "best"
+    # best names a step checkpoint (no copy), through the pointer file beside latest
+    assert result.best_checkpoint is not None and result.best_checkpoint in result.checkpoints
+    assert (tmp_path / "run" / "checkpoints" / "best").read_text() == Path(result.best_checkpoint).name
+    assert not (tmp_path / "run" / "checkpoints" / "best").is_dir()
     best_step = json.loads((Path(result.best_checkpoint) / "musicrl.json").read_text())["extra"]["step"]
     assert best_step < rows[-1]["step"]
     if action == "stop":
@@ -213,6 +220,43 @@ def test_the_over_optimisation_alarm_fires_when_a_held_out_reward_falls(tmp_path
     else:
         assert not result.stopped_by_alarm and len(rows) == 24
     assert rows[-1]["held_out/high-codes/mean"] < max(r["held_out/high-codes/mean"] for r in rows)
+
+
+class ScriptedHeldOut:
+    """A held-out reward that follows a script, one value per step: the run's checkpoints can be counted."""
+
+    reads = ClipInput.CODES
+
+    def __init__(self, name: str, values: list[float]) -> None:
+        self.name, self._values = name, iter(values)
+
+    def score(self, batch: ClipBatch) -> np.ndarray:
+        return np.full(len(batch), next(self._values), dtype=np.float32)
+
+
+def test_a_held_out_reward_that_rises_then_falls_costs_one_checkpoint_more(tmp_path, monkeypatch):
+    # 30 steps, window 3, a checkpoint every 10; the held-out reward peaks at step 12 and falls for 18
+    # steps. Saving on every improvement and every alarming step wrote 3 + 10 + 15 = 28 full checkpoints.
+    held_out = {"reward": "high-codes", "uri": "analytic://high-codes?vocab_size=128", "window": 3,
+                "max_drop": 0.1, "action": "keep_best"}  # fmt: skip
+    config = _config(tmp_path / "run", held_out=held_out, checkpoint_every=10,
+                     sampling={"duration_s": 0.1, "temperature": 0.99, "top_k": 0, "guidance_scale": 3.0},
+                     optim={"steps": 30, "batch_size": 1, "policy_lr": 1e-4})  # fmt: skip  # tiny: count, not learn
+    trainer = RLTrainer.build(config)
+    trainer.held_out = ScriptedHeldOut("high-codes", [0.1 * min(s, 24 - s) for s in range(1, 31)])
+    writes = []
+    save = checkpoints.save
+    monkeypatch.setattr(checkpoints, "save", lambda *a, **k: writes.append(a[1]) or save(*a, **k))
+    result = trainer.run()
+
+    # window means peak at step 13 (1.13) and fall past max_drop at step 15 (1.0): the alarm's one save
+    assert writes == [10, 15, 20, 30]
+    assert [Path(c).name for c in result.checkpoints] == ["step-000010", "step-000015", "step-000020", "step-000030"]
+    marked = sorted(p.parent.name for p in (tmp_path / "run" / "checkpoints").rglob("musicrl.json"))
+    assert marked == ["step-000010", "step-000015", "step-000020", "step-000030"]
+    # of the saved folders, step 15's window (1.0) beats step 10's (0.9) and the later ones (0.5, -0.5)
+    assert (tmp_path / "run" / "checkpoints" / "best").read_text() == "step-000015"
+    assert Path(result.best_checkpoint).name == "step-000015"
 
 
 def test_rewards_can_come_from_the_reward_service(tmp_path):
@@ -228,3 +272,58 @@ def test_rewards_can_come_from_the_reward_service(tmp_path):
     assert len(rows) == 2
     assert all(-1 <= r["reward/text-adherence/mean"] <= 1 for r in rows)
     assert rows[0]["reward/mean"] == rows[0]["reward/text-adherence/mean"]
+
+
+def _one_step(config: RLConfig, value_coef: float | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """One training step from the start checkpoint: its metrics and the policy decoder's change."""
+    trainer = RLTrainer.build(config)
+    if value_coef is not None:
+        trainer.objective.value_coef = value_coef  # scales the value loss's gradients only (a separate model)
+    before = {k: v.clone() for k, v in trainer.policy.model.decoder.state_dict().items()}
+    engine = GenerationEngine(trainer.policy, EngineConfig(device="cpu"))
+    metrics = trainer._step(0, engine, trainer._trainable(), trainer._optimizers())
+    after = trainer.policy.model.decoder.state_dict()
+    return metrics, {k: after[k] - before[k] for k in before}
+
+
+def test_a_huge_value_gradient_does_not_shrink_the_policy_step(tmp_path):
+    # the policy's step must not depend on the value's gradient: with one joint clip, a value gradient a
+    # million times larger scaled the policy's gradient down to Adam's eps, and its step with it
+    config = _config(tmp_path / "run", optim={"steps": 1, "batch_size": 4, "policy_lr": 1e-3, "max_grad_norm": 1.0})
+    metrics, delta = _one_step(config)
+    loud_metrics, loud_delta = _one_step(config, value_coef=1e6)
+    assert loud_metrics["grad_norm/value"] > 1e3 * metrics["grad_norm/value"]
+    assert loud_metrics["grad_norm/policy"] == pytest.approx(metrics["grad_norm/policy"], rel=1e-6)
+    assert max(d.abs().max().item() for d in delta.values()) > 1e-4  # the policy did move
+    for name in delta:
+        torch.testing.assert_close(loud_delta[name], delta[name], rtol=1e-5, atol=1e-9)
+
+
+def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path):
+    # running z-scores (their statistics carry across steps), and an alarm whose 3-step window spans the
+    # interruption at step 2: both must be restored for the last steps to match
+    overrides = {
+        "rewards": [{"reward": "low-codes", "uri": LOW_CODES, "weight": 1.0, "normalization": "running"}],
+        "held_out": {"reward": "high-codes", "uri": "analytic://high-codes?vocab_size=128", "window": 3,
+                     "max_drop": 10.0},  # never fires: best is decided by the window means alone
+        "checkpoint_every": 2,
+    }  # fmt: skip
+    optim = {"batch_size": 4, "policy_lr": 3e-3}
+    whole = RLTrainer.build(_config(tmp_path / "whole", optim={"steps": 4, **optim}, **overrides))
+    whole_result = whole.run()
+    train_rl(_config(tmp_path / "split", optim={"steps": 2, **optim}, **overrides))
+    split = RLTrainer.build(_config(tmp_path / "split", optim={"steps": 4, **optim}, **overrides))
+    split_result = split.run()
+
+    def rows(run: str) -> list[dict]:
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/") and k != "trajectories_per_s"}
+                for line in lines]  # fmt: skip
+
+    assert [r["step"] for r in rows("split")] == [1, 2, 3, 4]
+    for ours, theirs in zip(rows("split"), rows("whole"), strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-6, abs=1e-9)
+    torch.testing.assert_close(split.policy.model.decoder.state_dict(), whole.policy.model.decoder.state_dict())
+    torch.testing.assert_close(split.objective.value.state_dict(), whole.objective.value.state_dict())
+    assert Path(split_result.best_checkpoint).name == Path(whole_result.best_checkpoint).name == "step-000004"
+    assert split.rewards.state_dict() == whole.rewards.state_dict()
