@@ -5,6 +5,7 @@
     musicrl serve recorder --nats-url URL --dataset URL
     musicrl serve gateway --generator-url HOST:PORT --nats-url URL --clip-store-url URL --secret-key S
     musicrl dataset snapshot --dataset URL --out URL
+    musicrl gate --candidate-uri URI --stable-uri URI --prompts-file FILE --reward NAME=URI --out-url DIR
     musicrl apikey new --id NAME --scopes generate,feedback
     musicrl up                      # the whole platform on this machine (make run)
     musicrl serve rewards --text-adherence-uri URI --quality-uri URI --preference-uri URI
@@ -34,6 +35,7 @@ from musicrl.errors import InvalidRequest
 from musicrl.gateway.auth import Scope, new_api_key
 from musicrl.gateway.config import GatewayConfig
 from musicrl.local import LocalPlatformConfig, run_local_platform
+from musicrl.pipeline.gate_config import add_gate_flags
 from musicrl.recorder.config import RecorderConfig
 from musicrl.rewards.preference_config import ClapPreferenceTrainConfig, PreferenceTrainConfig
 from musicrl.rewards.quality_config import QualityTrainConfig
@@ -131,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     snapshot.add_argument("--out", dest="out_url", required=True, help="URL under which snapshot folders go")
     add_config_flags(snapshot, SnapshotConfig)
     snapshot.set_defaults(command=_dataset_snapshot)
+
+    gate = commands.add_parser("gate", help="the offline gate: a candidate policy against the stable one")
+    add_gate_flags(gate)
+    gate.set_defaults(command=_gate)
     return parser
 
 
@@ -264,6 +270,18 @@ def _dataset_snapshot(args: argparse.Namespace) -> None:
     logger.info("ratings: %s", result.ratings)
     # stdout, not the log: the folder is the command's output (SNAP=$(musicrl dataset snapshot ...) in a script)
     sys.stdout.write(result.uri + "\n")
+
+
+def _gate(args: argparse.Namespace) -> None:
+    from musicrl.pipeline.gate import GateFailed, run_gate
+    from musicrl.pipeline.gate_config import gate_config_from_args
+
+    report = run_gate(gate_config_from_args(args))
+    url = report.write(args.out_url)
+    # stdout, not the log: the report is the command's output, passed or failed (REPORT=$(musicrl gate ...))
+    sys.stdout.write(url + "\n")
+    if not report.passed:
+        raise GateFailed(report, url)  # its own exit code: a verdict, not a crash
 
 
 if __name__ == "__main__":
