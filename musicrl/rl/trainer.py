@@ -8,6 +8,7 @@ directories, written every ``checkpoint_every`` steps, at the end and once when 
 fires. Each holds what the run needs to continue exactly (reward statistics, alarm window, RNG states).
 """
 
+import dataclasses
 import logging
 import random
 import time
@@ -101,6 +102,8 @@ class RLTrainer:
     def build(cls, config: RLConfig) -> "RLTrainer":
         """Load the policy, the reference, the value model and the rewards; refuse mismatches up front."""
         topology = init_distributed(config.device)
+        # the resolved device (cuda:LOCAL_RANK under torchrun), so no two ranks load onto one GPU
+        config = dataclasses.replace(config, device=topology.device)
         policy = load_musicgen(config.policy_uri, device=config.device)
         reference = load_musicgen(config.reference, device=config.device)
         check_compatible(policy, reference)
