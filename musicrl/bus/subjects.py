@@ -17,6 +17,7 @@ EVENT_TYPES: tuple[type[Message], ...] = (
     events_pb2.PreferenceSubmitted,
     events_pb2.QualityRating,
     events_pb2.PolicyRollout,
+    events_pb2.PipelineRunFailed,
 )
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")

@@ -30,6 +30,7 @@ class RolloutAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLLOUT_ACTION_PROMOTED: _ClassVar[RolloutAction]
     ROLLOUT_ACTION_ROLLED_BACK: _ClassVar[RolloutAction]
     ROLLOUT_ACTION_TRAFFIC_CHANGED: _ClassVar[RolloutAction]
+    ROLLOUT_ACTION_CANARY_REQUESTED: _ClassVar[RolloutAction]
 DISPLAY_ORDER_UNSPECIFIED: DisplayOrder
 DISPLAY_ORDER_A_FIRST: DisplayOrder
 DISPLAY_ORDER_B_FIRST: DisplayOrder
@@ -43,6 +44,7 @@ ROLLOUT_ACTION_CANARY_STARTED: RolloutAction
 ROLLOUT_ACTION_PROMOTED: RolloutAction
 ROLLOUT_ACTION_ROLLED_BACK: RolloutAction
 ROLLOUT_ACTION_TRAFFIC_CHANGED: RolloutAction
+ROLLOUT_ACTION_CANARY_REQUESTED: RolloutAction
 
 class EventHeader(_message.Message):
     __slots__ = ("event_id", "occurred_at", "schema_version", "request_id")
@@ -198,18 +200,34 @@ class PolicyRollout(_message.Message):
     reason: str
     def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., action: _Optional[_Union[RolloutAction, str]] = ..., stable_model_uri: _Optional[str] = ..., canary_model_uri: _Optional[str] = ..., canary_percent: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class PipelineRunFailed(_message.Message):
+    __slots__ = ("header", "run_name", "state", "task_name", "error_message")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TASK_NAME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    header: EventHeader
+    run_name: str
+    state: str
+    task_name: str
+    error_message: str
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., run_name: _Optional[str] = ..., state: _Optional[str] = ..., task_name: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+
 class Envelope(_message.Message):
-    __slots__ = ("generation_completed", "comparison_served", "playback", "preference_submitted", "quality_rating", "policy_rollout")
+    __slots__ = ("generation_completed", "comparison_served", "playback", "preference_submitted", "quality_rating", "policy_rollout", "pipeline_run_failed")
     GENERATION_COMPLETED_FIELD_NUMBER: _ClassVar[int]
     COMPARISON_SERVED_FIELD_NUMBER: _ClassVar[int]
     PLAYBACK_FIELD_NUMBER: _ClassVar[int]
     PREFERENCE_SUBMITTED_FIELD_NUMBER: _ClassVar[int]
     QUALITY_RATING_FIELD_NUMBER: _ClassVar[int]
     POLICY_ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_RUN_FAILED_FIELD_NUMBER: _ClassVar[int]
     generation_completed: GenerationCompleted
     comparison_served: ComparisonServed
     playback: Playback
     preference_submitted: PreferenceSubmitted
     quality_rating: QualityRating
     policy_rollout: PolicyRollout
-    def __init__(self, generation_completed: _Optional[_Union[GenerationCompleted, _Mapping]] = ..., comparison_served: _Optional[_Union[ComparisonServed, _Mapping]] = ..., playback: _Optional[_Union[Playback, _Mapping]] = ..., preference_submitted: _Optional[_Union[PreferenceSubmitted, _Mapping]] = ..., quality_rating: _Optional[_Union[QualityRating, _Mapping]] = ..., policy_rollout: _Optional[_Union[PolicyRollout, _Mapping]] = ...) -> None: ...
+    pipeline_run_failed: PipelineRunFailed
+    def __init__(self, generation_completed: _Optional[_Union[GenerationCompleted, _Mapping]] = ..., comparison_served: _Optional[_Union[ComparisonServed, _Mapping]] = ..., playback: _Optional[_Union[Playback, _Mapping]] = ..., preference_submitted: _Optional[_Union[PreferenceSubmitted, _Mapping]] = ..., quality_rating: _Optional[_Union[QualityRating, _Mapping]] = ..., policy_rollout: _Optional[_Union[PolicyRollout, _Mapping]] = ..., pipeline_run_failed: _Optional[_Union[PipelineRunFailed, _Mapping]] = ...) -> None: ...

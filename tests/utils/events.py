@@ -94,6 +94,13 @@ def rollout(percent: float) -> Message:
     )
 
 
+def pipeline_failed(run_name: str = "run-1") -> Message:
+    """A ``PipelineRunFailed`` from the retraining pipeline's exit handler."""
+    return events_pb2.PipelineRunFailed(
+        header=_header(None, 6), run_name=run_name, state="FAILED", task_name="retraining", error_message="boom"
+    )
+
+
 def listened_pair(comparison_id: str, prompt: str, choice: int, *, user: str = "u1", minutes: float = 3) -> list:
     """Everything one fully listened preference needs, in this order: generations of clips A and B, the
     comparison, playbacks of A (completed) and B (6 s of 10 s, not completed), the answer."""

@@ -83,6 +83,13 @@ def _full_events() -> dict[type[Message], Message]:
             canary_percent=10.0,
             reason="manual",
         ),
+        events_pb2.PipelineRunFailed: events_pb2.PipelineRunFailed(
+            header=_header(7),
+            run_name="musicrl-retraining-2026-12-01",
+            state="FAILED",
+            task_name="retraining",
+            error_message="rl-ru: stage RU saved no checkpoint",
+        ),
     }
 
 
@@ -182,7 +189,7 @@ def test_subject_for(event_type: type[Message], subject: str) -> None:
 def test_subjects_are_distinct_and_prefixed() -> None:
     subjects = [subject_for(t) for t in EVENT_TYPES]
 
-    assert len(EVENT_TYPES) == 6
+    assert len(EVENT_TYPES) == 7
     assert len(set(subjects)) == len(subjects)
     assert all(s.startswith(SUBJECT_PREFIX + ".") for s in subjects)
 

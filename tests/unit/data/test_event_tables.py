@@ -26,6 +26,7 @@ def _all_kinds() -> list:
         events.preference("cmp-1", events_pb2.CHOICE_TIE),
         events.rating("clip-1", 4),
         events.rollout(10.0),
+        events.pipeline_failed(),
     ]
 
 
