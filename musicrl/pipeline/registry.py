@@ -6,22 +6,26 @@ report, and when it was registered. A version is written once and never rewritte
 the same model for as long as the registry exists.
 
 Two registrations at the same time (two pipeline runs) must not both become ``v<n>``: each version file is
-created with an exclusive create (``open(mode="xb")``), which local disks, fsspec's memory store and S3
-(s3fs sends ``If-None-Match: *``) refuse when the file exists; the loser takes the next number. On a store
-that cannot create exclusively, an existence check stands in and concurrent registrations are not guarded
-(logged once per registry).
+created exclusively, which fails when the file exists, and the loser takes the next number. On S3 that is
+``open(mode="xb")`` (s3fs sends ``If-None-Match: *``, and the object appears whole); on a local disk a
+temporary file hard-linked into place (``link()`` refuses an existing name, and readers never see a
+half-written file); elsewhere ``open(mode="xb")`` where the store has it, else an existence check, which
+leaves concurrent registrations unguarded (logged once per registry).
 """
 
 import datetime
 import json
 import logging
 import math
+import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from musicrl.data.dataset import join_url
 from musicrl.errors import InvalidRequest, NotFound
@@ -220,6 +224,8 @@ class PolicyRegistry:
     def _create(self, fs: fsspec.AbstractFileSystem, path: str, version: PolicyVersion) -> bool:
         """Write ``path`` unless it exists; False when another registration holds it."""
         data = (json.dumps(version.to_wire(), indent=2, sort_keys=True) + "\n").encode()
+        if isinstance(fs, LocalFileSystem):
+            return _create_local(path, data)
         try:
             with fs.open(path, "xb") as f:
                 f.write(data)
@@ -235,6 +241,22 @@ class PolicyRegistry:
         with fs.open(path, "wb") as f:
             f.write(data)
         return True
+
+
+def _create_local(path: str, data: bytes) -> bool:
+    # An exclusive open() makes the file visible empty until the write lands; a reader listing the registry
+    # then would read an empty version. Writing a temporary file and hard-linking it into place publishes
+    # the complete file in one step, and link() refuses an existing name just as O_EXCL does.
+    folder = os.path.dirname(path)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".version-", delete=False) as f:
+        f.write(data)
+    try:
+        os.link(f.name, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(f.name)
 
 
 def _numbers(fs: fsspec.AbstractFileSystem, root: str) -> list[int]:
