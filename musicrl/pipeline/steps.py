@@ -1,0 +1,275 @@
+"""The retraining pipeline's steps, as plain functions: each Kubeflow component is one call to one of these.
+
+Every step calls the code its CLI command calls (``musicrl dataset snapshot``, ``musicrl train quality``,
+``musicrl train preference``, ``musicrl train rl``, ``musicrl gate``), so a step that works from a terminal
+works in the pipeline, and a component holds no logic of its own. Steps take and return plain values
+(URIs, counts, sentences) because that is what crosses a Kubeflow step boundary.
+"""
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+
+from musicrl.data.dataset import join_url
+from musicrl.errors import InvalidRequest
+from musicrl.pipeline.params import RetrainingParams
+from musicrl.pipeline.stages import StageModels, config_file, is_selected, stage_config, write_stage_config
+from musicrl.rl.config import RLConfig
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotOutcome:
+    """What the snapshot step found.
+
+    Attributes:
+        uri: The snapshot folder.
+        digest: Its content hash.
+        preferences: Listened preferences it holds (all splits).
+        enough: Whether there are enough new ones to retrain.
+        reason: Why not, in a sentence (empty when there are enough).
+    """
+
+    uri: str
+    digest: str
+    preferences: int
+    enough: bool
+    reason: str
+
+
+def check_parameters(params: RetrainingParams) -> None:
+    """The first step: refuse malformed parameters before any GPU pod is scheduled."""
+    params.check()
+    logger.info("pipeline parameters are valid: stages %s, %d RL worker(s)", params.stages, params.rl_workers)
+
+
+def take_snapshot(dataset_url: str, artifacts_url: str, min_new_preferences: int, trained_on: int) -> SnapshotOutcome:
+    """Snapshot the dataset and decide whether it holds enough new preferences to retrain on.
+
+    Args:
+        dataset_url: The recorded events.
+        artifacts_url: Snapshots go under ``<artifacts>/snapshots``.
+        min_new_preferences: Fewest new listened preferences worth a retraining.
+        trained_on: Preferences the stable policy's run was trained on (0 for the first run).
+
+    Raises:
+        InvalidRequest: The dataset is missing or holds no preferences at all.
+    """
+    from musicrl.data.snapshot import create_snapshot
+    from musicrl.data.snapshot_config import SnapshotConfig
+
+    result = create_snapshot(dataset_url, join_url(artifacts_url, "snapshots"), SnapshotConfig())
+    counts = result.preferences
+    kept = counts.kept_train + counts.kept_validation + counts.kept_test
+    new = kept - trained_on
+    enough = new >= min_new_preferences
+    reason = (
+        ""
+        if enough
+        else f"only {new} new listened preferences since the stable policy's training ({kept} in all); "
+        f"retraining needs at least {min_new_preferences}"
+    )
+    logger.info("snapshot %s: %d listened preferences, %d new; %s", result.uri, kept, new, reason or "retraining")
+    return SnapshotOutcome(result.uri, result.digest, kept, enough, reason)
+
+
+def train_quality_model(snapshot_uri: str, clap_uri: str, out_url: str, run_id: str, device: str) -> str:
+    """``musicrl train quality`` on the snapshot's ratings; returns the checkpoint URI."""
+    from musicrl.rewards.quality_config import QualityTrainConfig
+    from musicrl.rewards.train_quality import train_quality
+
+    config = QualityTrainConfig(
+        snapshot_url=snapshot_uri, out_url=out_url, embedder_uri=clap_uri, device=device, training_run=run_id
+    )
+    return train_quality(config).uri
+
+
+def train_preference_model(snapshot_uri: str, init_uri: str, out_url: str, run_id: str, device: str) -> str:
+    """``musicrl train preference`` from the stable policy (MusicRL: the RM starts from the generator)."""
+    from musicrl.rewards.preference_config import PreferenceTrainConfig
+    from musicrl.rewards.train_preference import train_preference
+
+    config = PreferenceTrainConfig(
+        snapshot_url=snapshot_uri, init_uri=init_uri, out_url=out_url, device=device, training_run=run_id
+    )
+    return train_preference(config).uri
+
+
+def run_rl_stage(stage: str, params: RetrainingParams, models: StageModels, out_url: str) -> str:
+    """Run one RL stage and return the checkpoint it hands on (its best, else its last).
+
+    A stage the run did not select hands on its start checkpoint unchanged, so the next stage's wiring
+    is the same whatever the selection.
+    """
+    if not is_selected(stage, params.stages):
+        logger.info("stage %s is not among %s: skipped", stage, params.stages)
+        return models.policy_uri
+    config = stage_config(
+        config_file(params.rl_config_dir, params.rl_config_prefix, stage),
+        models,
+        out_url,
+        steps=params.rl_steps,
+        device=params.device,
+    )
+    if params.rl_workers > 1:
+        return _run_as_trainjob(stage, config, params)
+    from musicrl.rl.trainer import train_rl
+
+    result = train_rl(config)
+    if not result.checkpoints:
+        raise InvalidRequest(f"stage {stage} saved no checkpoint; raise rl_steps or lower checkpoint_every")
+    handed_on = result.best_checkpoint or result.checkpoints[-1]
+    logger.info("stage %s ended at step %d; hands on %s", stage, result.last_step, handed_on)
+    return handed_on
+
+
+def _run_as_trainjob(stage: str, config: "RLConfig", params: RetrainingParams) -> str:
+    from musicrl.pipeline import trainjob
+
+    # the training pods read the config from the stage's folder, which must be on storage they mount
+    path = write_stage_config(config, Path(config.out_url) / "stage-config.yaml")
+    return trainjob.run_stage(stage, str(path), params)
+
+
+def run_url(artifacts_url: str, run_id: str, name: str) -> str:
+    """Where a run's artefact ``name`` goes: ``<artifacts>/runs/<run>/<name>``."""
+    return join_url(artifacts_url, "runs", run_id, name)
+
+
+def hand_over(candidate_uri: str, version: str, stable_uri: str, nats_url: str) -> None:
+    """Ask the rollout controller, over NATS, to start the registered candidate as a canary.
+
+    Without a bus URL the request is only logged: the candidate stays registered for a person to roll out.
+    """
+    from musicrl.pipeline import notify
+
+    if not nats_url:
+        logger.warning(
+            "no nats_url: policy %s (%s) is registered, but no canary was requested", version, candidate_uri
+        )
+        return
+    notify.publish(nats_url, notify.canary_request(candidate_uri, stable_uri, version))
+
+
+def stop_early(reason: str) -> None:
+    """End the run without a candidate; the reason shows in the step's log in the Kubeflow UI."""
+    logger.warning("no candidate this run: %s", reason)
+
+
+def report_outcome(state: str, task_name: str, error_message: str, run_name: str, nats_url: str) -> None:
+    """The exit handler: publish PipelineRunFailed for a run that did not succeed (nothing otherwise)."""
+    from musicrl.pipeline import notify
+
+    if state == "SUCCEEDED":
+        logger.info("run %s succeeded", run_name)
+        return
+    logger.error("run %s ended %s in %s: %s", run_name, state, task_name, error_message)
+    if nats_url:
+        notify.publish(nats_url, notify.run_failed(run_name, state, task_name, error_message))
+
+
+@dataclass(frozen=True, slots=True)
+class GateOutcome:
+    """The gate's verdict as it crosses the step boundary.
+
+    Attributes:
+        passed: Whether the candidate may go to canary.
+        reason: Why not, in sentences (empty when it passed).
+        report_uri: The JSON report.
+        markdown: The report for the Kubeflow UI.
+        metrics: The gate's numbers, by slash-namespaced name.
+    """
+
+    passed: bool
+    reason: str
+    report_uri: str
+    markdown: str
+    metrics: dict[str, float]
+
+
+def offline_gate(
+    candidate_uri: str, stable_uri: str, rewards: dict[str, str], params: RetrainingParams, out_url: str
+) -> GateOutcome:
+    """``musicrl gate``: the candidate against the stable policy on held-out prompts.
+
+    Args:
+        candidate_uri: The candidate policy.
+        stable_uri: The policy serving now.
+        rewards: Model URIs of ``text-adherence`` (the CLAP), ``quality`` and ``preference`` (this run's).
+        params: The gate's prompts, clips and thresholds, and the device.
+        out_url: Where the report goes.
+
+    The preference model is the judge trained on listeners; text adherence and quality are the judges
+    that were not.
+    """
+    from musicrl.config import EngineConfig, SamplingParams
+    from musicrl.pipeline.gate import run_gate
+    from musicrl.pipeline.gate_config import GateConfig, GateReward, GateThresholds
+
+    config = GateConfig(
+        candidate_uri=candidate_uri,
+        stable_uri=stable_uri,
+        rewards=tuple(GateReward(name, uri) for name, uri in rewards.items()),
+        prompts_file=params.gate_prompts_file,
+        clips_per_prompt=params.gate_clips_per_prompt,
+        preference_judge="preference",
+        sampling=SamplingParams(duration_s=params.gate_clip_duration_s),
+        engine=EngineConfig(device=params.device),
+        thresholds=GateThresholds(
+            min_reward_diff=params.gate_min_reward_diff,
+            max_kl_to_stable=params.gate_max_kl,
+            min_win_rate_preference=params.gate_min_win_rate,
+            min_win_rate_independent=params.gate_min_win_rate,
+        ),
+    )
+    report = run_gate(config)
+    report_uri = report.write(out_url)
+    return GateOutcome(report.passed, " ".join(report.reasons), report_uri, report.to_markdown(), dict(report.metrics))
+
+
+def take_snapshot_for_run(dataset_url: str, artifacts_url: str, min_new_preferences: int) -> SnapshotOutcome:
+    """:func:`take_snapshot`, counting as new only the preferences since the last registered policy's snapshot."""
+    from musicrl.pipeline.registry import PolicyRegistry
+
+    latest = PolicyRegistry(registry_url(artifacts_url)).latest()
+    trained_on = int(latest.metrics.get(SNAPSHOT_PREFERENCES, 0)) if latest is not None else 0
+    return take_snapshot(dataset_url, artifacts_url, min_new_preferences, trained_on)
+
+
+SNAPSHOT_PREFERENCES = "snapshot/preferences"  # the registry metric that says how much feedback a policy saw
+
+
+def registry_url(artifacts_url: str) -> str:
+    """The platform's policy registry under the artefact store."""
+    return join_url(artifacts_url, "registry")
+
+
+def register_candidate(
+    candidate_uri: str,
+    stable_uri: str,
+    snapshot_digest: str,
+    preferences: int,
+    report_uri: str,
+    artifacts_url: str,
+    run_id: str,
+) -> str:
+    """Record the gated candidate as the registry's next policy version; returns the version (``v<n>``)."""
+    from musicrl.pipeline.gate_report import GateReport
+    from musicrl.pipeline.registry import PolicyRegistry
+
+    with fsspec.open(report_uri, "rb") as file:
+        report = GateReport.from_wire(json.loads(file.read()))
+    version = PolicyRegistry(registry_url(artifacts_url)).register(
+        candidate_uri,
+        parent_uri=stable_uri,
+        training_run=run_id,
+        snapshot_hash=snapshot_digest,
+        metrics={**report.metrics, SNAPSHOT_PREFERENCES: float(preferences)},
+        gate_report_uri=report_uri,
+    )
+    return version.version

@@ -1,0 +1,209 @@
+"""The retraining pipeline: snapshot → reward models → RL stages → offline gate → register → canary.
+
+Started from the Kubeflow Pipelines UI with no edits, or on a schedule (``musicrl pipeline schedule``), it
+retrains on the feedback recorded since the stable policy was trained and hands a gated candidate to the
+rollout controller. Every default comes from :class:`musicrl.pipeline.params.RetrainingParams`.
+
+``python -m pipelines.retraining`` writes the compiled ``pipelines/retraining.yaml`` that is committed.
+"""
+
+import ast
+import json
+import re
+import sys
+from pathlib import Path
+
+from kfp import compiler, dsl, kubernetes
+
+from musicrl.pipeline.params import RetrainingParams
+from pipelines import components as c
+
+
+D = RetrainingParams()
+COMPILED = Path(__file__).with_name("retraining.yaml")
+SECRET_NAME = "musicrl-storage"  # the chart's object-store Secret; keys are optional, so a missing one is harmless
+RUN_ID = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+DEFAULT_IN_HEADER = re.compile(
+    r"^(?P<head>#    \w+: \w+ )\[Default: (?P<value>.*)\]$"
+)  # the run's name: folders of this run's artefacts
+
+
+def _on_gpu(task: dsl.PipelineTask, gpu_type, gpu_count, cpu, memory, node_selector, tolerations) -> None:
+    """Place a training step on the GPU node pool: accelerator, requests, node selector, tolerations."""
+    task.set_accelerator_type(gpu_type).set_accelerator_limit(gpu_count)
+    task.set_cpu_request(cpu).set_memory_request(memory)
+    # kfp 2.17 does not track parameters used only in resource fields: without this, an If/Else group
+    # around the step does not pass them down, and the step's pod spec cannot be resolved
+    task.register_pipeline_channels([gpu_type, gpu_count, cpu, memory])
+    kubernetes.add_node_selector_json(task, node_selector)
+    kubernetes.add_toleration_json(task, tolerations)
+
+
+class _Steps:
+    """Adds a step in the platform's image, with the object-store credentials from the chart's Secret."""
+
+    def __init__(self, image) -> None:  # a pipeline parameter
+        self.image = image
+
+    def __call__(self, component, **inputs) -> dsl.PipelineTask:
+        task = component(**inputs).set_container_image(self.image)
+        keys = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+        kubernetes.use_secret_as_env(task, SECRET_NAME, keys, optional=True)  # optional: none on a local store
+        return task
+
+
+def _reward_models(step: _Steps, gpu, snapshot, clap_uri, stable_uri, common) -> dict:
+    """Train the quality head and the preference model side by side, on the GPU pool."""
+    quality = step(c.train_quality, snapshot_uri=snapshot.outputs["uri"], clap_uri=clap_uri, **common)
+    preference = step(c.train_preference, snapshot_uri=snapshot.outputs["uri"], init_uri=stable_uri, **common)
+    for task in (quality, preference):
+        _on_gpu(task, *gpu)
+    return {"quality_uri": quality.output, "preference_uri": preference.output}
+
+
+def _rl_stages(step: _Steps, gpu, stable_uri, inputs: dict) -> dsl.PipelineTask:
+    """R and U from the stable policy, RU from R with R as its KL reference (MusicRL §4); the candidate."""
+    r = step(c.rl_stage, stage="R", policy_uri=stable_uri, reference_uri=stable_uri, **inputs)
+    u = step(c.rl_stage, stage="U", policy_uri=stable_uri, reference_uri=stable_uri, **inputs)
+    ru = step(c.rl_stage, stage="RU", policy_uri=r.output, reference_uri=r.output, **inputs)
+    for task, name in ((r, "rl-r"), (u, "rl-u"), (ru, "rl-ru")):
+        _on_gpu(task, *gpu)
+        task.set_display_name(name)
+    return step(c.pick_candidate, stages=inputs["stages"], r_uri=r.output, u_uri=u.output, ru_uri=ru.output)
+
+
+def _register_or_stop(step: _Steps, gate, candidate, snapshot, stable_uri, artifacts_url, nats_url) -> None:
+    """Register the candidate and hand it to the canary when the gate passed; else stop with its reason."""
+    with dsl.If(gate.outputs["passed"] == True, name="gate-passed"):  # noqa: E712
+        version = step(
+            c.register_candidate,
+            candidate_uri=candidate.output,
+            stable_uri=stable_uri,
+            snapshot_digest=snapshot.outputs["digest"],
+            preferences=snapshot.outputs["preferences"],
+            report_uri=gate.outputs["report_uri"],
+            artifacts_url=artifacts_url,
+            run_id=RUN_ID,
+        )
+        step(
+            c.hand_over,
+            candidate_uri=candidate.output,
+            version=version.output,
+            stable_uri=stable_uri,
+            nats_url=nats_url,
+        )
+    with dsl.Else(name="gate-failed"):
+        step(c.stop_early, reason=gate.outputs["reason"])
+
+
+@dsl.pipeline(
+    name="musicrl-retraining",
+    description="Retrain the reward models and the policy on recorded listener feedback (MusicRL R, U, RU), "
+    "gate the candidate offline, register it and hand it to the canary.",
+)
+def retraining_pipeline(
+    image: str = D.image,
+    dataset_url: str = D.dataset_url,
+    artifacts_url: str = D.artifacts_url,
+    stable_uri: str = D.stable_uri,
+    clap_uri: str = D.clap_uri,
+    stages: str = D.stages,
+    rl_config_dir: str = D.rl_config_dir,
+    rl_config_prefix: str = D.rl_config_prefix,
+    rl_steps: int = D.rl_steps,
+    rl_workers: int = D.rl_workers,
+    min_new_preferences: int = D.min_new_preferences,
+    gate_prompts_file: str = D.gate_prompts_file,
+    gate_clips_per_prompt: int = D.gate_clips_per_prompt,
+    gate_clip_duration_s: float = D.gate_clip_duration_s,
+    gate_min_reward_diff: float = D.gate_min_reward_diff,
+    gate_max_kl: float = D.gate_max_kl,
+    gate_min_win_rate: float = D.gate_min_win_rate,
+    nats_url: str = D.nats_url,
+    gpu_type: str = D.gpu_type,
+    gpu_count: int = D.gpu_count,
+    gpu_cpu_request: str = D.gpu_cpu_request,
+    gpu_memory_request: str = D.gpu_memory_request,
+    gpu_node_selector: dict = D.gpu_node_selector,
+    gpu_tolerations: list = D.gpu_tolerations,
+    device: str = D.device,
+) -> None:
+    step = _Steps(image)
+    gpu = (gpu_type, gpu_count, gpu_cpu_request, gpu_memory_request, gpu_node_selector, gpu_tolerations)
+    with dsl.ExitHandler(step(c.report_outcome, nats_url=nats_url), name="retraining"):
+        checked = step(
+            c.check_parameters,
+            stages=stages,
+            rl_workers=rl_workers,
+            rl_steps=rl_steps,
+            min_new_preferences=min_new_preferences,
+            gpu_count=gpu_count,
+            gpu_cpu_request=gpu_cpu_request,
+            gpu_memory_request=gpu_memory_request,
+            gpu_node_selector=gpu_node_selector,
+            gpu_tolerations=gpu_tolerations,
+            gate_max_kl=gate_max_kl,
+            gate_min_win_rate=gate_min_win_rate,
+        )
+        snapshot = step(
+            c.take_snapshot,
+            dataset_url=dataset_url,
+            artifacts_url=artifacts_url,
+            min_new_preferences=min_new_preferences,
+        ).after(checked)
+        with dsl.If(snapshot.outputs["enough"] == True, name="enough-new-preferences"):  # noqa: E712
+            common = {"artifacts_url": artifacts_url, "run_id": RUN_ID, "device": device}
+            models = _reward_models(step, gpu, snapshot, clap_uri, stable_uri, common)
+            stage_inputs = {
+                "stages": stages,
+                "clap_uri": clap_uri,
+                "rl_config_dir": rl_config_dir,
+                "rl_config_prefix": rl_config_prefix,
+                "rl_steps": rl_steps,
+                "rl_workers": rl_workers,
+                "image": image,
+                **models,
+                **common,
+            }
+            candidate = _rl_stages(step, gpu, stable_uri, stage_inputs)
+            gate = step(
+                c.offline_gate,
+                candidate_uri=candidate.output,
+                stable_uri=stable_uri,
+                clap_uri=clap_uri,
+                prompts_file=gate_prompts_file,
+                clips_per_prompt=gate_clips_per_prompt,
+                clip_duration_s=gate_clip_duration_s,
+                min_reward_diff=gate_min_reward_diff,
+                max_kl=gate_max_kl,
+                min_win_rate=gate_min_win_rate,
+                **models,
+                **common,
+            )
+            _on_gpu(gate, *gpu)
+            _register_or_stop(step, gate, candidate, snapshot, stable_uri, artifacts_url, nats_url)
+        with dsl.Else(name="too-few-preferences"):
+            step(c.stop_early, reason=snapshot.outputs["reason"])
+
+
+def compile_pipeline(path: Path = COMPILED) -> Path:
+    """Compile the pipeline to ``path`` (the committed YAML by default), byte for byte the same every time."""
+    compiler.Compiler().compile(retraining_pipeline, str(path))
+    path.write_text(_sorted_header_defaults(path.read_text()))
+    return path
+
+
+def _sorted_header_defaults(text: str) -> str:
+    """Sort the keys of dict defaults in kfp's comment header, whose order kfp takes from a protobuf Struct
+    and which therefore changes between processes; the spec itself is already in a stable order."""
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        match = DEFAULT_IN_HEADER.match(line)
+        if match and match["value"][:1] in "[{":
+            value = json.dumps(ast.literal_eval(match["value"]), sort_keys=True)
+            lines[i] = f"{match['head']}[Default: {value}]"
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(f"{compile_pipeline()}\n")
