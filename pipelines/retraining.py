@@ -22,10 +22,8 @@ from pipelines import components as c
 D = RetrainingParams()
 COMPILED = Path(__file__).with_name("retraining.yaml")
 SECRET_NAME = "musicrl-storage"  # the chart's object-store Secret; keys are optional, so a missing one is harmless
-RUN_ID = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
-DEFAULT_IN_HEADER = re.compile(
-    r"^(?P<head>#    \w+: \w+ )\[Default: (?P<value>.*)\]$"
-)  # the run's name: folders of this run's artefacts
+RUN_ID = dsl.PIPELINE_JOB_NAME_PLACEHOLDER  # the run's name: folders of this run's artefacts
+DEFAULT_IN_HEADER = re.compile(r"^(?P<head>#    \w+: \w+ )\[Default: (?P<value>.*)\]$")
 
 
 def _on_gpu(task: dsl.PipelineTask, gpu_type, gpu_count, cpu, memory, node_selector, tolerations) -> None:
