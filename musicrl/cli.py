@@ -13,6 +13,8 @@
     musicrl train quality --snapshot-url URL --out-url URL
     musicrl train preference --snapshot-url URL --init-uri POLICY_URI --out-url URL
     musicrl train rl --config configs/rl/musicrl-r.yaml
+    musicrl policy list|show VERSION --registry-url URL
+    musicrl pipeline compile|upload|run|schedule     # KFP_HOST, KFP_NAMESPACE, KFP_TOKEN
 
 Flags are derived from the config dataclasses (``musicrl.settings``); errors the user can fix end the
 process with a sentence on stderr and the exit code of their class (``musicrl.errors``).
@@ -35,6 +37,7 @@ from musicrl.errors import InvalidRequest
 from musicrl.gateway.auth import Scope, new_api_key
 from musicrl.gateway.config import GatewayConfig
 from musicrl.local import LocalPlatformConfig, run_local_platform
+from musicrl.pipeline.cli_commands import add_pipeline_commands, add_policy_commands
 from musicrl.pipeline.gate_config import add_gate_flags
 from musicrl.recorder.config import RecorderConfig
 from musicrl.rewards.preference_config import ClapPreferenceTrainConfig, PreferenceTrainConfig
@@ -137,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     gate = commands.add_parser("gate", help="the offline gate: a candidate policy against the stable one")
     add_gate_flags(gate)
     gate.set_defaults(command=_gate)
+
+    add_policy_commands(commands)
+    add_pipeline_commands(commands)
     return parser
 
 

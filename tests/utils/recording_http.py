@@ -21,7 +21,7 @@ class Recorded:
     method: str
     path: str
     query: dict[str, list[str]]
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lowercased: HTTP header names are case-insensitive
     body: bytes
     json: Any = field(default=None)
 
@@ -45,7 +45,9 @@ def recording_server(route: Route) -> Iterator[tuple[str, list[Recorded]]]:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             url = urlsplit(self.path)
-            request = Recorded(self.command, url.path, parse_qs(url.query), dict(self.headers.items()), raw)
+            request = Recorded(
+                self.command, url.path, parse_qs(url.query), {k.lower(): v for k, v in self.headers.items()}, raw
+            )
             if "json" in (self.headers.get("Content-Type") or "") and raw:
                 request.json = json.loads(raw)
             with lock:

@@ -91,7 +91,7 @@ def test_each_new_policy_version_becomes_a_model_registry_version(memory_filesys
     assert properties["musicrl_registry_url"]["string_value"] == "memory://artifacts/registry"
     (artifact,) = stand_in.artifacts[versions[0]["id"]]
     assert (artifact["uri"], artifact["modelFormatName"]) == ("s3://runs/1/ckpt", "musicgen")
-    assert all(r.headers.get("Authorization") == "Bearer t0ken" for r in recorded)
+    assert all(r.headers.get("authorization") == "Bearer t0ken" for r in recorded)
     # the registered model is created once and found the second time
     assert sum(r.method == "POST" and r.path == f"{API}/registered_models" for r in recorded) == 1
 
