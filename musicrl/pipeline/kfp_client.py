@@ -123,6 +123,9 @@ def _message(body: object) -> str:
 def connect(config: KfpConfig) -> kfp.Client:
     """A client for the API at ``config.host``, checked with one health request.
 
+    Args:
+        config: Host, namespace and token.
+
     Raises:
         UpstreamUnavailable: The host cannot be reached or is not healthy.
         Unauthorized: The API refused the token.
@@ -146,6 +149,9 @@ def _probe(config: KfpConfig) -> None:
 def load_pipeline(reference: str) -> Callable[..., Any]:
     """The ``@dsl.pipeline`` function named ``module:function``, imported now.
 
+    Args:
+        reference: ``module:function``, e.g. ``pipelines.retraining:retraining_pipeline``.
+
     Raises:
         InvalidRequest: The module or the function does not exist.
     """
@@ -159,8 +165,15 @@ def load_pipeline(reference: str) -> Callable[..., Any]:
 def compile_pipeline(pipeline: str | Callable[..., Any], package_path: str) -> str:
     """Compile ``pipeline`` (a function, or ``module:function``) to the YAML package ``package_path``.
 
+    Args:
+        pipeline: The ``@dsl.pipeline`` function, or where to import it from.
+        package_path: The YAML file to write (its folder is created).
+
     Returns:
         ``package_path``.
+
+    Raises:
+        InvalidRequest: ``pipeline`` cannot be imported.
     """
     function = load_pipeline(pipeline) if isinstance(pipeline, str) else pipeline
     Path(package_path).parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +199,16 @@ def _package_version_name(package_path: str, pipeline_name: str) -> str:
 def upload_pipeline(client: kfp.Client, config: UploadConfig, *, host: str = "") -> UploadedVersion:
     """Add the package as a version of ``config.pipeline_name`` (creating the pipeline the first time).
 
-    A version of the same name already there is returned as it is, so re-uploading a package is a no-op.
+    A version of the same name already there is returned as it is, so re-uploading a package adds nothing.
+
+    Args:
+        client: A connected client (:func:`connect`).
+        config: The package, the pipeline and the version's name.
+        host: The API's URL, for error sentences.
+
+    Raises:
+        InvalidRequest: The package cannot be read, or the API refused it.
+        UpstreamUnavailable: The API cannot be reached.
     """
     name = config.pipeline_version or _package_version_name(config.package, config.pipeline_name)
     with kfp_errors(host):
@@ -207,7 +229,18 @@ def upload_pipeline(client: kfp.Client, config: UploadConfig, *, host: str = "")
 def run_pipeline(
     client: kfp.Client, config: RunConfig, params: Mapping[str, Any], *, namespace: str, host: str = ""
 ) -> str:
-    """Start one run of the package in ``config.experiment``; returns the run id."""
+    """Start one run of the package in ``config.experiment`` (created when missing).
+
+    Args:
+        client: A connected client (:func:`connect`).
+        config: The package, the experiment and the run's name.
+        params: The pipeline's parameters (missing ones take the pipeline's defaults).
+        namespace: The profile namespace of the experiment.
+        host: The API's URL, for error sentences.
+
+    Returns:
+        The run's id.
+    """
     run_name = config.run_name or f"musicrl-retraining-{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}"
     with kfp_errors(host):
         experiment = client.create_experiment(config.experiment, namespace=namespace)
@@ -219,7 +252,14 @@ def run_pipeline(
 
 
 def find_recurring_runs(client: kfp.Client, name: str, *, namespace: str, host: str = "") -> list[Any]:
-    """Every recurring run named ``name`` in ``namespace``, over all pages."""
+    """Every recurring run named ``name`` in ``namespace``, over all pages.
+
+    Args:
+        client: A connected client (:func:`connect`).
+        name: The recurring runs' display name.
+        namespace: The profile namespace.
+        host: The API's URL, for error sentences.
+    """
     found: list[Any] = []
     token = ""
     with kfp_errors(host):
@@ -241,6 +281,13 @@ def schedule_pipeline(
 
     Runs never overlap (``max_concurrency=1``) and missed intervals are not caught up (``no_catchup``):
     a retraining that starts late should train once on everything, not once per missed night.
+
+    Args:
+        client: A connected client (:func:`connect`).
+        config: The cron, the schedule's name, the experiment and the package.
+        params: The pipeline's parameters for every run it starts.
+        namespace: The profile namespace.
+        host: The API's URL, for error sentences.
 
     Returns:
         The new recurring run and the ones it replaced.

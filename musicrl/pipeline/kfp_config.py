@@ -67,7 +67,8 @@ class UploadConfig:
         package: The compiled YAML.
         pipeline_name: The pipeline to add a version to (created on the first upload).
         pipeline_version: The version's name; None names it after the package's content hash, so uploading
-            the same file twice adds one version.
+            the same file again adds nothing (Kubeflow itself names a new pipeline's first version after
+            the pipeline).
     """
 
     package: str = field(default=DEFAULT_PACKAGE, metadata={"help": "the compiled pipeline YAML"})
