@@ -16,12 +16,12 @@ from pathlib import Path
 from kfp import compiler, dsl, kubernetes
 
 from musicrl.pipeline.params import RetrainingParams
+from musicrl.pipeline.trainjob import SECRET_KEYS, STORAGE_SECRET
 from pipelines import components as c
 
 
 D = RetrainingParams()
 COMPILED = Path(__file__).with_name("retraining.yaml")
-SECRET_NAME = "musicrl-storage"  # the chart's object-store Secret; keys are optional, so a missing one is harmless
 RUN_ID = dsl.PIPELINE_JOB_NAME_PLACEHOLDER  # the run's name: folders of this run's artefacts
 DEFAULT_IN_HEADER = re.compile(r"^(?P<head>#    \w+: \w+ )\[Default: (?P<value>.*)\]$")
 
@@ -45,8 +45,8 @@ class _Steps:
 
     def __call__(self, component, **inputs) -> dsl.PipelineTask:
         task = component(**inputs).set_container_image(self.image)
-        keys = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
-        kubernetes.use_secret_as_env(task, SECRET_NAME, keys, optional=True)  # optional: none on a local store
+        # the same credentials a TrainJob's pods get; optional: a local store needs none
+        kubernetes.use_secret_as_env(task, STORAGE_SECRET, {k: k for k in SECRET_KEYS}, optional=True)
         return task
 
 

@@ -260,11 +260,14 @@ def register_candidate(
 ) -> str:
     """Record the gated candidate as the registry's next policy version; returns the version (``v<n>``)."""
     from musicrl.pipeline.gate_report import GateReport
+    from musicrl.pipeline.model_registry import model_registry_from_env
     from musicrl.pipeline.registry import PolicyRegistry
 
     with fsspec.open(report_uri, "rb") as file:
         report = GateReport.from_wire(json.loads(file.read()))
-    version = PolicyRegistry(registry_url(artifacts_url)).register(
+    # the version is also recorded in a Kubeflow Model Registry when MUSICRL_MODEL_REGISTRY_URL names one
+    registry = PolicyRegistry(registry_url(artifacts_url), model_registry=model_registry_from_env())
+    version = registry.register(
         candidate_uri,
         parent_uri=stable_uri,
         training_run=run_id,
