@@ -40,7 +40,7 @@ EVENT_BATCH_ROWS = 65_536  # rows decoded at a time when scanning events: a few 
 
 
 def read_snapshot_table(snapshot_url: str, name: str, columns: tuple[str, ...]) -> pa.Table:
-    """The ``columns`` of ``<snapshot_url>/<name>.parquet`` (e.g. ``preferences_train``).
+    """The ``columns`` of ``<snapshot_url>/<name>.parquet`` (e.g. ``preferences_train``), and only those.
 
     Raises:
         InvalidRequest: The file does not exist or lacks one of the columns.
@@ -51,12 +51,33 @@ def read_snapshot_table(snapshot_url: str, name: str, columns: tuple[str, ...]) 
         raise InvalidRequest(
             f"{snapshot_url} has no {name}.parquet: point snapshot_url at a snapshot folder ({url} does not exist)"
         )
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f)
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise InvalidRequest(f"{url} lacks the columns {missing}: it is not a snapshot file")
-    return table.select(list(columns))
+    with parquet_file(url) as parquet:
+        missing = [c for c in columns if c not in parquet.schema_arrow.names]
+        if missing:
+            raise InvalidRequest(f"{url} lacks the columns {missing}: it is not a snapshot file")
+        return parquet.read(columns=list(columns))  # only these columns are decoded
+
+
+@contextlib.contextmanager
+def parquet_file(url: str) -> Iterator[pq.ParquetFile]:
+    """The Parquet file at ``url``, open for reading.
+
+    A local file is mapped and read by Arrow itself, so its bytes never pass through Python objects;
+    any other store is read through fsspec.
+
+    Raises:
+        FileNotFoundError: Nothing at ``url``.
+    """
+    fs, path = fsspec.core.url_to_fs(url)
+    if isinstance(fs, LocalFileSystem):
+        parquet = pq.ParquetFile(path, memory_map=True)
+        try:
+            yield parquet
+        finally:
+            parquet.close()
+    else:
+        with fs.open(path, "rb") as f:
+            yield pq.ParquetFile(f)
 
 
 def join_url(base: str, *parts: str) -> str:

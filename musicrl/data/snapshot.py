@@ -6,9 +6,16 @@ clips, and splits both three ways by a hash of the prompt: ``train`` fits a rewa
 chooses its best epoch, ``test`` is reported and chooses nothing. A prompt never lands in two splits, so
 the reported figure is measured on prompts that neither training nor selection has seen.
 
+With ``consolidate_codes`` (the default) the codes of every clip of the preference splits are fetched once
+and packed into int16 shards under ``codes/`` (:mod:`musicrl.data.codes`), so training reads a few large
+files instead of one per clip.
+
 The output lives under ``<out>/<hash[:16]>/``, where the hash is a SHA-256 over the sorted rows, the
-counts and the :class:`SnapshotConfig`. The same events and settings give the same folder: a re-run finds
-its ``manifest.json`` (written last, so its presence means the folder is complete) and writes nothing.
+counts and the :class:`SnapshotConfig`. The packed codes need no hash of their own: they follow from the
+rows (the clips' ids and codes URIs, in id order) and the config, and a clip's codes are written once, when
+it is generated, and never change. The same events and settings give the same folder: a re-run finds its
+``manifest.json`` (written last, so its presence means the folder is complete) and writes nothing, not
+even a GET of the codes.
 """
 
 import dataclasses
@@ -26,7 +33,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from musicrl.bus.subjects import kind_of
-from musicrl.data import feedback
+from musicrl.data import codes, feedback
 from musicrl.data.dataset import EVENT_BATCH_ROWS, join_url, parquet_bytes, read_kind, scan_kind, write_durably
 from musicrl.data.snapshot_config import SPLITS, SnapshotConfig
 from musicrl.errors import InvalidRequest
@@ -36,7 +43,7 @@ from musicrl.v1 import events_pb2
 logger = logging.getLogger(__name__)
 
 HASH_PREFIX_CHARS = 16  # 64 bits of the digest name the folder: collisions are out of reach
-# bump when the output changes, so old and new snapshots never share a hash; 2: train/validation/test
+# bump when the output changes, so old and new snapshots never share a hash; 2: three splits, packed codes
 SNAPSHOT_FORMAT = 2
 SOURCE_TYPES = (
     events_pb2.PreferenceSubmitted,
@@ -218,7 +225,8 @@ def create_snapshot(dataset_url: str, out_url: str, config: SnapshotConfig) -> S
         The snapshot's URI, digest and counts.
 
     Raises:
-        InvalidRequest: The dataset holds no preferences.
+        InvalidRequest: The dataset holds no preferences, or (with ``consolidate_codes``) a kept clip's codes
+            file is missing or holds no valid codes.
     """
     tables = read_events(dataset_url)
     if tables["preference_submitted"].num_rows == 0:
@@ -234,13 +242,20 @@ def create_snapshot(dataset_url: str, out_url: str, config: SnapshotConfig) -> S
         return result
     for name, table in out.items():
         write_durably(join_url(uri, f"{name}.parquet"), parquet_bytes(table))
+    files = sorted(f"{name}.parquet" for name in out)
+    packed = None
+    if config.consolidate_codes:
+        clips = codes.distinct_clips([out[f"preferences_{split}"] for split in SPLITS])
+        packed = codes.pack_codes(clips, uri, shard_bytes=config.codes_shard_bytes)
+        files += packed.pop("files")
     manifest = {
         "hash": digest,
         "uri": uri,
         "format": SNAPSHOT_FORMAT,
         "config": dataclasses.asdict(config),
         "counts": counts,
-        "files": sorted(f"{name}.parquet" for name in out),
+        "files": files,
+        "codes": packed,
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(),
         "source_dataset_url": dataset_url,
     }

@@ -28,6 +28,11 @@ class SnapshotConfig:
         test_fraction: Share of prompts in the test split, which trainers only report on; 0 to 1, and
             ``validation_fraction + test_fraction`` at most 1.
         split_salt: Mixed into the prompt hash; change it to draw a different split.
+        consolidate_codes: Fetch the codes of every clip of the preference splits once and pack them into
+            int16 shards inside the snapshot (``codes/``), which the preference trainer memory-maps; false
+            leaves them out (a snapshot for the quality model, or of a clip store this machine cannot
+            reach), and the preference trainer then fetches them itself, each run.
+        codes_shard_bytes: Most bytes of packed codes per shard file.
     """
 
     require_listened: bool = True
@@ -38,6 +43,8 @@ class SnapshotConfig:
     validation_fraction: float = 0.1  # ~10% of prompts: enough pairs to rank epochs to a few points of accuracy
     test_fraction: float = 0.1  # as many again, held out from both training and selection
     split_salt: str = "musicrl"
+    consolidate_codes: bool = True
+    codes_shard_bytes: int = 256 * 2**20  # 256 MiB: ~30 files for the paper's 600k clips of 30 s, one GET each
 
     def __post_init__(self) -> None:
         for name in ("ties", "none"):
@@ -50,6 +57,10 @@ class SnapshotConfig:
         for name in ("validation_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InvalidRequest(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.codes_shard_bytes < 2:
+            raise InvalidRequest(
+                f"codes_shard_bytes must hold at least one int16 code (2 bytes), got {self.codes_shard_bytes}"
+            )
         if self.validation_fraction + self.test_fraction > 1.0:
             raise InvalidRequest(
                 f"validation_fraction + test_fraction must be at most 1, got {self.validation_fraction} + "

@@ -1,23 +1,30 @@
-"""Read a snapshot's preference pairs and their clips' codes for training the preference reward.
+"""Read a snapshot's preference pairs and stream their clips' codes for training the preference reward.
 
-A snapshot (:mod:`musicrl.data.snapshot`) holds ``preferences_{train,validation,test}.parquet``: one row per answer,
-with ``choice`` (a|b|tie|none), ``label`` (1.0 A won, 0.0 B won, 0.5 tie, null none) and the URIs of both
-clips' codes (NumPy ``.npy``, int64 [K, T]). Answers of ``none`` order nothing and are always dropped;
-ties either stay as soft targets (0.5) or are dropped.
+A snapshot (:mod:`musicrl.data.snapshot`) holds ``preferences_{train,validation,test}.parquet``: one row per
+answer, with ``choice`` (a|b|tie|none), ``label`` (1.0 A won, 0.0 B won, 0.5 tie, null none) and both clips'
+ids and codes URIs. Answers of ``none`` order nothing and are always dropped; ties either stay as soft
+targets (0.5) or are dropped.
+
+The codes come from the snapshot's packed int16 shards (:mod:`musicrl.data.codes`), memory-mapped: a
+:class:`PairDataset` keeps a few numbers per pair (Arrow and NumPy arrays, which forked DataLoader workers
+share without copying) and reads a pair's two grids only when a batch asks for them, so memory follows the
+batch, not the number of pairs.
 """
 
-import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
-import fsspec
 import numpy as np
-from tqdm import tqdm
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch.utils.data import DataLoader, Dataset
 
+from musicrl.data.codes import PackedCodes, distinct_clips, packed_or_packing
 from musicrl.data.dataset import join_url, read_snapshot_table
 from musicrl.errors import InvalidRequest
-from musicrl.rewards.base import check_vocabulary
 from musicrl.rewards.preference_config import TIES
 
 
@@ -27,6 +34,8 @@ PAIR_COLUMNS = (
     "prompt",
     "choice",
     "label",
+    "clip_a_id",
+    "clip_b_id",
     "clip_a_codes_uri",
     "clip_b_codes_uri",
     "clip_a_audio_uri",
@@ -40,33 +49,40 @@ class PreferencePairs:
 
     Attributes:
         split: The snapshot split they come from (``train``, ``validation`` or ``test``).
-        prompts: The prompt of each pair.
-        codes_a: Codes URI of clip A of each pair.
-        codes_b: Codes URI of clip B of each pair.
-        audio_a: Audio (WAV) URI of clip A of each pair.
-        audio_b: Audio (WAV) URI of clip B of each pair.
+        table: The kept rows' :data:`PAIR_COLUMNS`.
         labels: P(A ≻ B) targets, float32 [N]: 1, 0, or 0.5 for a tie.
         dropped_none: Rows dropped because the listener chose neither clip.
         dropped_ties: Rows dropped because they were ties (``ties="drop"``).
     """
 
     split: str
-    prompts: list[str]
-    codes_a: list[str]
-    codes_b: list[str]
-    audio_a: list[str]
-    audio_b: list[str]
+    table: pa.Table
     labels: np.ndarray
     dropped_none: int = 0
     dropped_ties: int = 0
 
     def __len__(self) -> int:
-        return len(self.prompts)
+        return self.table.num_rows
 
     @property
     def decisive(self) -> int:
         """Pairs with a winner (label 0 or 1)."""
         return int(np.sum(self.labels != 0.5))
+
+    @property
+    def prompts(self) -> list[str]:
+        """The prompt of each pair."""
+        return self.table["prompt"].to_pylist()
+
+    @property
+    def audio_a(self) -> list[str]:
+        """Audio (WAV) URI of clip A of each pair."""
+        return self.table["clip_a_audio_uri"].to_pylist()
+
+    @property
+    def audio_b(self) -> list[str]:
+        """Audio (WAV) URI of clip B of each pair."""
+        return self.table["clip_b_audio_uri"].to_pylist()
 
 
 def read_pairs(snapshot_url: str, split: str, *, ties: str) -> PreferencePairs:
@@ -86,20 +102,16 @@ def read_pairs(snapshot_url: str, split: str, *, ties: str) -> PreferencePairs:
     if ties not in TIES:
         raise InvalidRequest(f"ties must be one of {TIES}, got {ties!r}")
     url = join_url(snapshot_url, f"preferences_{split}.parquet")
-    rows = read_snapshot_table(snapshot_url, f"preferences_{split}", PAIR_COLUMNS).to_pylist()
-    keep_none = [r for r in rows if r["choice"] != "none" and r["label"] is not None]
-    is_tie = [r["label"] == 0.5 for r in keep_none]
-    kept = [r for r, tie in zip(keep_none, is_tie, strict=True) if ties == "soft" or not tie]
+    table = read_snapshot_table(snapshot_url, f"preferences_{split}", PAIR_COLUMNS)
+    ordered = pc.and_(pc.fill_null(pc.not_equal(table["choice"], "none"), True), pc.is_valid(table["label"]))
+    answered = table.filter(ordered)
+    kept = answered if ties == "soft" else answered.filter(pc.invert(pc.equal(answered["label"], 0.5)))
     pairs = PreferencePairs(
         split=split,
-        prompts=[r["prompt"] for r in kept],
-        codes_a=[r["clip_a_codes_uri"] for r in kept],
-        codes_b=[r["clip_b_codes_uri"] for r in kept],
-        audio_a=[r["clip_a_audio_uri"] for r in kept],
-        audio_b=[r["clip_b_audio_uri"] for r in kept],
-        labels=np.asarray([r["label"] for r in kept], dtype=np.float32),
-        dropped_none=len(rows) - len(keep_none),
-        dropped_ties=len(keep_none) - len(kept),
+        table=kept.combine_chunks(),
+        labels=kept["label"].to_numpy().astype(np.float32),
+        dropped_none=table.num_rows - answered.num_rows,
+        dropped_ties=answered.num_rows - kept.num_rows,
     )
     _check_labels(pairs.labels, url)
     logger.info(
@@ -114,41 +126,113 @@ def _check_labels(labels: np.ndarray, url: str) -> None:
         raise InvalidRequest(f"{url} holds labels other than 0, 0.5 and 1, e.g. {float(bad[0])}")
 
 
-def load_codes(uris: Sequence[str], *, num_codebooks: int, vocab_size: int, max_frames: int) -> dict[str, np.ndarray]:
-    """Read every distinct codes file once, checked against the policy's vocabulary.
+def open_codes(
+    snapshot_url: str, splits: Sequence[PreferencePairs], *, num_codebooks: int, vocab_size: int
+) -> PackedCodes:
+    """The packed codes of the snapshot (packed now, locally, if it was taken without), checked for the policy.
 
     Args:
-        uris: Codes URIs (duplicates are read once).
+        snapshot_url: The snapshot folder.
+        splits: The pairs whose clips will be read.
         num_codebooks: K of the policy.
         vocab_size: V of the policy.
-        max_frames: Longer clips are cut to their first ``max_frames`` frames.
 
     Returns:
-        URI → int64 [K, T] (T ≤ ``max_frames``).
+        The codes.
 
     Raises:
-        InvalidRequest: A file is missing or unreadable, or holds codes the policy cannot read.
+        InvalidRequest: A clip is missing from the packed codes, its file is missing (when packing now), or
+            it holds codes the policy cannot read; the message names its codes URI.
     """
-    codes: dict[str, np.ndarray] = {}
-    for uri in tqdm(sorted(set(uris)), desc="reading codes", unit="clip"):
-        grid = _read_npy(uri)
-        if grid.ndim != 2 or grid.shape[1] == 0 or not np.issubdtype(grid.dtype, np.integer):
-            raise InvalidRequest(f"{uri} must hold integer codes [K, T] with T > 0, got {grid.dtype} {grid.shape}")
-        try:
-            check_vocabulary([grid], num_codebooks, vocab_size)
-        except InvalidRequest as e:
-            raise InvalidRequest(f"{uri} does not fit the policy: {e}") from e
-        codes[uri] = grid[:, :max_frames].astype(np.int64)
+    codes = packed_or_packing(snapshot_url, distinct_clips([pairs.table for pairs in splits]))
+    for pairs in splits:
+        for side in "ab":
+            codes.check(codes.rows_of(pairs.table[f"clip_{side}_id"].combine_chunks()), num_codebooks, vocab_size)
+    logger.info("codes of %(clips)d clips in %(shards)d shards (%(codes)d codes)", codes.summary())
     return codes
 
 
-def _read_npy(uri: str) -> np.ndarray:
-    try:
-        with fsspec.open(uri, "rb") as f:
-            data = f.read()
-    except FileNotFoundError as e:
-        raise InvalidRequest(f"the codes file {uri} is missing; was the clip store moved or pruned?") from e
-    try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as e:
-        raise InvalidRequest(f"{uri} is not a NumPy .npy file of codes: {e}") from e
+@dataclass(frozen=True, slots=True)
+class PairBatch:
+    """A batch of pairs as the trainer feeds them to the model.
+
+    Attributes:
+        prompts: B prompts.
+        codes_a: B grids of clip A, int64 [K, T_b].
+        codes_b: B grids of clip B, int64 [K, T_b].
+        labels: P(A ≻ B) targets, float32 [B].
+    """
+
+    prompts: list[str]
+    codes_a: list[torch.Tensor]
+    codes_b: list[torch.Tensor]
+    labels: torch.Tensor
+
+
+class PairDataset(Dataset[tuple[str, torch.Tensor, torch.Tensor, float]]):
+    """Pair i → (prompt, codes of A int64 [K, T], codes of B int64 [K, T], label), read from mapped shards.
+
+    Args:
+        pairs: The split's pairs.
+        codes: The snapshot's packed codes.
+        max_frames: Clips are cut to their first this-many frames.
+    """
+
+    def __init__(self, pairs: PreferencePairs, codes: PackedCodes, max_frames: int) -> None:
+        self.split = pairs.split
+        self.prompts = pairs.table["prompt"].combine_chunks()  # Arrow: forked workers share it, no refcounts
+        self.rows_a = codes.rows_of(pairs.table["clip_a_id"].combine_chunks())  # int32 [N]
+        self.rows_b = codes.rows_of(pairs.table["clip_b_id"].combine_chunks())  # int32 [N]
+        self.labels = pairs.labels  # float32 [N]
+        self.codes = codes
+        self.max_frames = max_frames
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[str, torch.Tensor, torch.Tensor, float]:
+        index = int(index)  # the loader passes NumPy integers from the trainer's permutation
+        a, b = (self._grid(int(rows[index])) for rows in (self.rows_a, self.rows_b))
+        return str(self.prompts[index].as_py()), a, b, float(self.labels[index])
+
+    def _grid(self, row: int) -> torch.Tensor:
+        # the copy out of the map is the only one: int16 → int64, for the decoder's embedding lookup
+        return torch.from_numpy(self.codes.grid(row)[:, : self.max_frames].astype(np.int64))  # [K, T]
+
+
+def collate_pairs(items: Sequence[tuple[str, torch.Tensor, torch.Tensor, float]]) -> PairBatch:
+    """Gather :class:`PairDataset` items into a :class:`PairBatch` (clips keep their own lengths)."""
+    prompts, codes_a, codes_b, labels = zip(*items, strict=True)
+    return PairBatch(list(prompts), list(codes_a), list(codes_b), torch.tensor(labels, dtype=torch.float32))
+
+
+def pair_loader(
+    dataset: PairDataset, batches: Sequence[Sequence[int] | np.ndarray], *, num_workers: int
+) -> DataLoader:
+    """Stream ``batches`` (lists of pair indices, in order) of ``dataset`` through ``num_workers`` processes.
+
+    Args:
+        dataset: The pairs.
+        batches: The index batches, in the order the trainer wants them (the loader keeps it).
+        num_workers: Worker processes reading codes; 0 reads them in the calling process.
+
+    Returns:
+        A loader yielding :class:`PairBatch` es.
+    """
+    return DataLoader(
+        dataset,
+        # as given: views of the trainer's permutation, not a Python int per pair (the loader indexes with either)
+        batch_sampler=cast(Sequence[list[int]], batches),
+        collate_fn=collate_pairs,
+        num_workers=num_workers,
+        prefetch_factor=4 if num_workers else None,  # a few batches ahead per worker: decoding waits for none
+        # its own generator: drawing the workers' base seed from torch's global one would shift every
+        # dropout mask of the run by one draw per loader
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def sequential_batches(size: int, batch_size: int) -> list[np.ndarray]:
+    """``[0, batch_size)``, ``[batch_size, 2 * batch_size)``, ... up to ``size``: views of one int32 range."""
+    indices = np.arange(size, dtype=np.int32)
+    return [indices[start : start + batch_size] for start in range(0, size, batch_size)]

@@ -34,7 +34,15 @@ from musicrl.data.dataset import join_url, write_durably
 from musicrl.errors import InvalidRequest
 from musicrl.rewards.preference import PreferenceRewardModel
 from musicrl.rewards.preference_config import PreferenceTrainConfig
-from musicrl.rewards.preference_data import PreferencePairs, load_codes, read_pairs
+from musicrl.rewards.preference_data import (
+    PairBatch,
+    PairDataset,
+    PreferencePairs,
+    open_codes,
+    pair_loader,
+    read_pairs,
+    sequential_batches,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -112,61 +120,63 @@ def pair_accuracy(margin: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean((sign + 1) / 2))
 
 
-def _margins(
-    model: PreferenceRewardModel, pairs: PreferencePairs, codes: dict[str, np.ndarray], index: np.ndarray
-) -> torch.Tensor:
-    """r_A − r_B of the pairs at ``index``: float32 [N], both clips of every pair in one forward pass."""
-    prompts = [pairs.prompts[i] for i in index]
-    clips = [codes[pairs.codes_a[i]] for i in index] + [codes[pairs.codes_b[i]] for i in index]
-    rewards = model.score_codes(prompts + prompts, clips)  # [2N]: A rows then B rows
-    return rewards[: len(index)] - rewards[len(index) :]
+def _margins(model: PreferenceRewardModel, batch: PairBatch) -> torch.Tensor:
+    """r_A − r_B of the batch's pairs: float32 [N], both clips of every pair in one forward pass."""
+    rewards = model.score_codes(batch.prompts + batch.prompts, batch.codes_a + batch.codes_b)  # [2N]: A then B
+    return rewards[: len(batch.prompts)] - rewards[len(batch.prompts) :]
 
 
 @torch.no_grad()
 def evaluate(
-    model: PreferenceRewardModel, pairs: PreferencePairs, codes: dict[str, np.ndarray], batch_size: int
+    model: PreferenceRewardModel, pairs: PairDataset, batch_size: int, *, num_workers: int = 0
 ) -> dict[str, float]:
     """BT loss and pair accuracy on held-out pairs, named after their split.
+
+    Args:
+        model: The reward model.
+        pairs: The held-out pairs.
+        batch_size: Pairs per forward pass.
+        num_workers: DataLoader worker processes reading the codes.
 
     Returns:
         ``{"<split>/loss", "<split>/accuracy"}``, e.g. ``validation/accuracy``.
     """
     model.eval()
-    margins = []
-    for start in range(0, len(pairs), batch_size):
-        margins.append(_margins(model, pairs, codes, np.arange(start, min(start + batch_size, len(pairs)))).cpu())
-    margin = torch.cat(margins)  # [N]
-    labels = torch.from_numpy(pairs.labels)
+    margins, labels = [], []
+    for batch in pair_loader(pairs, sequential_batches(len(pairs), batch_size), num_workers=num_workers):
+        margins.append(_margins(model, batch).cpu())
+        labels.append(batch.labels)
+    margin, label = torch.cat(margins), torch.cat(labels)  # [N], [N]
     return {
-        f"{pairs.split}/loss": float(bt_loss(margin, labels)),
-        f"{pairs.split}/accuracy": pair_accuracy(margin.numpy(), pairs.labels),
+        f"{pairs.split}/loss": float(bt_loss(margin, label)),
+        f"{pairs.split}/accuracy": pair_accuracy(margin.numpy(), label.numpy()),
     }
 
 
 def _train_epoch(
     model: PreferenceRewardModel,
     optimizer: torch.optim.Optimizer,
-    data: tuple[PreferencePairs, dict[str, np.ndarray]],
+    pairs: PairDataset,
     config: PreferenceTrainConfig,
     rng: np.random.Generator,
     log: MetricsLog,
     epoch: int,
 ) -> None:
-    pairs, codes = data
     model.train()
     order = rng.permutation(len(pairs))
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     params = [p for p in model.parameters() if p.requires_grad]
-    progress = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
-    for index in progress:
-        labels = torch.from_numpy(pairs.labels[index]).to(model.device)
-        margin = _margins(model, pairs, codes, index)  # [N]
+    loader = pair_loader(pairs, batches, num_workers=config.num_workers)
+    progress = tqdm(loader, total=len(batches), desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
+    for batch in progress:
+        labels = batch.labels.to(model.device)  # [N]
+        margin = _margins(model, batch)  # [N]
         loss = bt_loss(margin, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip > 0 else math.inf)
         optimizer.step()
-        accuracy = pair_accuracy(margin.detach().cpu().numpy(), pairs.labels[index])
+        accuracy = pair_accuracy(margin.detach().cpu().numpy(), batch.labels.numpy())
         log.add({"train/loss": float(loss.detach()), "train/accuracy": accuracy, "train/grad_norm": float(grad_norm)})
         progress.set_postfix(loss=f"{float(loss.detach()):.3f}")
 
@@ -191,16 +201,12 @@ def _read_splits(config: PreferenceTrainConfig) -> tuple[PreferencePairs, Prefer
     return train, held_out[0], held_out[1]
 
 
-def _read_codes(
-    splits: tuple[PreferencePairs, ...], model: PreferenceRewardModel, max_frames: int
-) -> dict[str, np.ndarray]:
-    uris = [uri for pairs in splits for uri in pairs.codes_a + pairs.codes_b]
-    return load_codes(
-        uris,
-        num_codebooks=model.num_codebooks,
-        vocab_size=model.vocab_size,
-        max_frames=min(max_frames, model.max_frames),
-    )
+def _datasets(config: PreferenceTrainConfig, model: PreferenceRewardModel) -> dict[str, PairDataset]:
+    """The three splits' pairs over the snapshot's packed codes, checked against the model's K and V."""
+    splits = _read_splits(config)
+    codes = open_codes(config.snapshot_url, splits, num_codebooks=model.num_codebooks, vocab_size=model.vocab_size)
+    max_frames = min(config.max_frames, model.max_frames)
+    return {pairs.split: PairDataset(pairs, codes, max_frames) for pairs in splits}
 
 
 def _trainable_state(model: PreferenceRewardModel) -> dict[str, torch.Tensor]:
@@ -217,14 +223,14 @@ def train_preference(config: PreferenceTrainConfig) -> PreferenceTrainResult:
         The checkpoint URI, the best epoch and every epoch's metrics.
 
     Raises:
-        InvalidRequest: Missing snapshot files, too few pairs, missing codes files or codes out of the
-            policy's vocabulary.
+        InvalidRequest: Missing snapshot files, too few pairs, no decisive validation or test pairs, missing
+            codes or codes out of the policy's vocabulary.
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    train, validation, test = _read_splits(config)
     model = PreferenceRewardModel.from_policy(config.init_uri, device=config.device)
-    codes = _read_codes((train, validation, test), model, config.max_frames)
+    data = _datasets(config, model)
+    train, validation, test = data["train"], data["validation"], data["test"]
     params = model.set_trainable(text_encoder=not config.freeze_text_encoder)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     logger.info(
@@ -234,12 +240,13 @@ def train_preference(config: PreferenceTrainConfig) -> PreferenceTrainResult:
         len(test),
         sum(p.numel() for p in params) / 1e6,
     )
-    initial = evaluate(model, validation, codes, config.eval_batch_size)
+    held_out = {"batch_size": config.eval_batch_size, "num_workers": config.num_workers}
+    initial = evaluate(model, validation, **held_out)
     best_accuracy, best_epoch, best_state = initial["validation/accuracy"], 0, _trainable_state(model)
     log, started = MetricsLog(), time.monotonic()
     for epoch in tqdm(range(1, config.epochs + 1), desc="training preference reward", unit="epoch"):
-        _train_epoch(model, optimizer, (train, codes), config, rng, log, epoch)
-        log.add(evaluate(model, validation, codes, config.eval_batch_size))
+        _train_epoch(model, optimizer, train, config, rng, log, epoch)
+        log.add(evaluate(model, validation, **held_out))
         row = log.log({"epoch": epoch, "time_s": time.monotonic() - started})
         logger.info(
             "epoch %d: validation accuracy %.3f, loss %.4f", epoch, row["validation/accuracy"], row["validation/loss"]
@@ -250,7 +257,7 @@ def train_preference(config: PreferenceTrainConfig) -> PreferenceTrainResult:
     unexpected = model.load_state_dict(best_state, strict=False).unexpected_keys  # only the trained tensors
     assert not unexpected, unexpected  # names come from this model's own named_parameters
     # the test split is scored once, on the model already chosen: nothing above has seen it
-    tested = evaluate(model, test, codes, config.eval_batch_size)
+    tested = evaluate(model, test, **held_out)
     logger.info("kept epoch %d: test accuracy %.3f on %d pairs", best_epoch, tested["test/accuracy"], len(test))
     metrics = _final_metrics(log.history, best_epoch, initial, tested, (len(train), len(validation), len(test)))
     plot_url = plot_training_curve(

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from musicrl.config import SamplingParams
 from musicrl.data.clips import ClipStore
+from musicrl.data.codes import distinct_clips, pack_codes, write_packed
 from musicrl.data.snapshot import PREFERENCES_SCHEMA, split_of
 from musicrl.data.snapshot_config import SPLITS, SnapshotConfig
 from musicrl.models.audio import encode_wav
@@ -231,20 +232,24 @@ def _row(a: SyntheticClip, b: SyntheticClip, choice: str, store: ClipStore, spli
     }
 
 
-def write_pairs(snapshot: Path, rows: list[dict]) -> dict[str, int]:
+def write_pairs(snapshot: Path, rows: list[dict], *, pack: bool = True) -> dict[str, int]:
     """Write rows (dicts with every :data:`PREFERENCES_SCHEMA` column) as the snapshot's split files.
+
+    With ``pack`` the clips' codes are packed into the snapshot as :func:`create_snapshot` packs them;
+    without, the trainer packs them itself (a snapshot taken with ``consolidate_codes`` false).
 
     Returns:
         Rows written per split.
     """
     snapshot.mkdir(parents=True, exist_ok=True)
-    counts = {}
+    counts, tables = {}, []
     for split in SPLITS:
         part = [r for r in rows if r["split"] == split]
-        pq.write_table(
-            pa.Table.from_pylist(part, schema=PREFERENCES_SCHEMA), snapshot / f"preferences_{split}.parquet"
-        )
+        tables.append(pa.Table.from_pylist(part, schema=PREFERENCES_SCHEMA))
+        pq.write_table(tables[-1], snapshot / f"preferences_{split}.parquet")
         counts[split] = len(part)
+    if pack:
+        pack_codes(distinct_clips(tables), str(snapshot))
     return counts
 
 
@@ -285,11 +290,15 @@ def random_codes_snapshot(
     vocab_size: int = 128,
     choices: tuple[str, ...] = ("a", "b"),
     seed: int = 0,
+    pack: bool = True,
+    separable: bool = False,
 ) -> SyntheticSnapshot:
     """A small snapshot of random clips (uniform codes, noise audio) and answers cycling through ``choices``.
 
     No model runs: for fast tests of the training plumbing (errors, files, save and load), not of learning.
     Each pair has its own prompt; the first ``train_pairs`` are ``train``, then ``validation``, then ``test``.
+    ``pack`` packs the codes into the snapshot (see :func:`write_pairs`). ``separable`` draws clip A's codes
+    from the lower half of the vocabulary and B's from the upper half, so "A wins" is learnable at once.
     """
     rng = np.random.default_rng(seed)
     store = ClipStore(f"file://{root / 'clips'}")
@@ -298,11 +307,14 @@ def random_codes_snapshot(
     for n in range(train_pairs + validation_pairs + test_pairs):
         prompt = prompt_text(n)
         pair = []
-        for _ in "ab":
+        for side in "ab":
+            codes = rng.integers(0, vocab_size, size=(num_codebooks, frames), dtype=np.int64)
+            if separable:
+                codes = codes // 2 + (0 if side == "a" else vocab_size // 2)
             clip = SyntheticClip(
                 clip_id=uuid.UUID(bytes=rng.bytes(16), version=4).hex,
                 prompt=prompt,
-                codes=rng.integers(0, vocab_size, size=(num_codebooks, frames), dtype=np.int64),
+                codes=codes,
                 audio=(rng.standard_normal(frames * 640) * rng.uniform(0.05, 0.5)).astype(np.float32),
                 sample_rate=sample_rate,
                 score=0.0,
@@ -312,7 +324,65 @@ def random_codes_snapshot(
             pair.append(clip)
         split = "train" if n < train_pairs else "validation" if n < train_pairs + validation_pairs else "test"
         rows.append(_row(pair[0], pair[1], choices[n % len(choices)], store, split, n))
-    counts = write_pairs(root / "snapshot", rows)
+    counts = write_pairs(root / "snapshot", rows, pack=pack)
     return SyntheticSnapshot(
         str(root / "snapshot"), store.url, {}, counts["train"], counts["validation"], counts["test"]
     )
+
+
+def clip_codes(clip_id: str, *, frames: int, num_codebooks: int = 4, vocab_size: int = 2048) -> np.ndarray:
+    """The codes of a :func:`many_pairs_snapshot` clip, int64 [K, frames], a function of its id alone."""
+    return np.random.default_rng(int(clip_id[:15], 16)).integers(0, vocab_size, (num_codebooks, frames))
+
+
+def many_pairs_snapshot(
+    root: Path, pairs: int, *, frames: int = 50, num_codebooks: int = 4, files: bool = False, seed: int = 0
+) -> str:
+    """A training split of ``pairs`` pairs of fresh clips (two per pair, as the platform serves them), packed.
+
+    Built column by column and packed straight from :func:`clip_codes`, so 100k pairs take seconds; no model
+    runs and no audio exists. With ``files`` each clip's codes are also written to the clip store as the
+    gateway writes them (int64 ``.npy``), for the per-file reader to be compared with.
+
+    Returns:
+        The snapshot folder (``preferences_train.parquet`` with every pair, empty validation and test).
+    """
+    rng = np.random.default_rng(seed)
+    store = ClipStore(f"file://{root / 'clips'}")
+    ids = [uuid.UUID(bytes=rng.bytes(16), version=4).hex for _ in range(2 * pairs)]
+    clip_a, clip_b = ids[0::2], ids[1::2]
+    if files:
+        for clip_id in ids:
+            store.put_codes(clip_id, clip_codes(clip_id, frames=frames, num_codebooks=num_codebooks))
+    choices = np.where(rng.random(pairs) < 0.5, "a", "b")
+    columns = {
+        "preference_event_id": [uuid.UUID(int=n + 1, version=4).hex for n in range(pairs)],
+        "comparison_id": [uuid.UUID(int=pairs + n + 1, version=4).hex for n in range(pairs)],
+        "user_id": [f"user-{n % 17}" for n in range(pairs)],
+        "prompt": [prompt_text(n // 10) for n in range(pairs)],  # ten pairs per prompt
+        "choice": choices.tolist(),
+        "label": np.where(choices == "a", 1.0, 0.0),
+        "clip_a_id": clip_a,
+        "clip_b_id": clip_b,
+        "clip_a_audio_uri": [store.wav_uri(c) for c in clip_a],
+        "clip_b_audio_uri": [store.wav_uri(c) for c in clip_b],
+        "clip_a_codes_uri": [store.codes_uri(c) for c in clip_a],
+        "clip_b_codes_uri": [store.codes_uri(c) for c in clip_b],
+        "split": ["train"] * pairs,
+    }
+    table = pa.table(
+        {
+            name: columns.get(name, pa.nulls(pairs, PREFERENCES_SCHEMA.field(name).type))
+            for name in PREFERENCES_SCHEMA.names
+        },
+        schema=PREFERENCES_SCHEMA,
+    )
+    snapshot = root / "snapshot"
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        pq.write_table(table if split == "train" else table.slice(0, 0), snapshot / f"preferences_{split}.parquet")
+    clips = distinct_clips([table])
+    ordered = clips["clip_id"].to_pylist()
+    grids = (clip_codes(c, frames=frames, num_codebooks=num_codebooks) for c in ordered)
+    write_packed(ordered, clips["codes_uri"].to_pylist(), grids, str(snapshot))
+    return str(snapshot)

@@ -61,6 +61,11 @@ EXPECTED_PREFERENCES = {
 KEPT_PROMPTS = ["lofi piano with rain", "fast techno", "jazz trio"]  # c1, c2, c4
 
 
+def _config(**fields) -> SnapshotConfig:
+    """Settings without packed codes: the factory events point at s3:// clips that exist nowhere."""
+    return SnapshotConfig(consolidate_codes=False, **fields)
+
+
 @pytest.fixture
 def feedback_events() -> list:
     return _feedback_events()
@@ -82,7 +87,7 @@ def _preferences(uri: str) -> dict[str, dict]:
 
 
 def test_joins_and_filters_keep_only_listened_answers(dataset, tmp_path):
-    result = create_snapshot(str(dataset), str(tmp_path / "out"), SnapshotConfig())
+    result = create_snapshot(str(dataset), str(tmp_path / "out"), _config())
     rows = _preferences(result.uri)
     assert sorted(rows) == ["c1", "c2", "c4"]
     assert len(_rows(result.uri, *(f"preferences_{s}" for s in SPLITS))) == 3  # c1 recorded twice, kept once
@@ -103,7 +108,7 @@ def test_joins_and_filters_keep_only_listened_answers(dataset, tmp_path):
 
 
 def test_manifest_counts_are_exact(dataset, tmp_path):
-    result = create_snapshot(str(dataset), str(tmp_path / "out"), SnapshotConfig())
+    result = create_snapshot(str(dataset), str(tmp_path / "out"), _config())
     manifest = json.loads(Path(result.uri, "manifest.json").read_text())
     kept = {f"kept_{s}": sum(split_of(p, SnapshotConfig()) == s for p in KEPT_PROMPTS) for s in SPLITS}
     expected = {**EXPECTED_PREFERENCES, **kept}
@@ -128,7 +133,7 @@ def test_manifest_counts_are_exact(dataset, tmp_path):
 
 
 def test_listening_rule_can_be_relaxed_or_tightened(dataset, tmp_path):
-    relaxed = create_snapshot(str(dataset), str(tmp_path / "out"), SnapshotConfig(require_listened=False))
+    relaxed = create_snapshot(str(dataset), str(tmp_path / "out"), _config(require_listened=False))
     rows = _preferences(relaxed.uri)
     assert sorted(rows) == ["c1", "c2", "c3", "c4", "c5"]
     assert rows["c3"]["b_listened_ms"] == 0  # never played
@@ -136,7 +141,7 @@ def test_listening_rule_can_be_relaxed_or_tightened(dataset, tmp_path):
     assert relaxed.preferences.not_listened == 0
     # clip B of every pair was played 6 s of 10 s without reaching the end: a 7 s minimum drops them all
     # (c1-c7; the listening rule comes before the tie and none rules), and so does a share of 70%
-    for strict_config in (SnapshotConfig(min_listened_ms=7_000), SnapshotConfig(min_listened_share=0.7)):
+    for strict_config in (_config(min_listened_ms=7_000), _config(min_listened_share=0.7)):
         strict = create_snapshot(str(dataset), str(tmp_path / "out"), strict_config)
         assert _preferences(strict.uri) == {}
         assert strict.preferences.not_listened == 7
@@ -147,17 +152,17 @@ def test_a_playback_must_cover_a_share_of_its_clip_unless_it_reached_the_end(tmp
     pair[4] = events.playback("c1", "c1-b", 4_000)  # 40% of the 10 s clip: under the default half
     short = tmp_path / "short"
     events.write_dataset(short, pair)
-    assert create_snapshot(str(short), str(tmp_path / "out"), SnapshotConfig()).preferences.not_listened == 1
-    relaxed = create_snapshot(str(short), str(tmp_path / "out"), SnapshotConfig(min_listened_share=0.4))
+    assert create_snapshot(str(short), str(tmp_path / "out"), _config()).preferences.not_listened == 1
+    relaxed = create_snapshot(str(short), str(tmp_path / "out"), _config(min_listened_share=0.4))
     assert sorted(_preferences(relaxed.uri)) == ["c1"]
     pair[4] = events.playback("c1", "c1-b", 1, completed=True)  # a 1 ms report that reached the end counts
     ended = tmp_path / "ended"
     events.write_dataset(ended, pair)
-    assert sorted(_preferences(create_snapshot(str(ended), str(tmp_path / "out2"), SnapshotConfig()).uri)) == ["c1"]
+    assert sorted(_preferences(create_snapshot(str(ended), str(tmp_path / "out2"), _config()).uri)) == ["c1"]
 
 
 def test_ties_and_none_are_kept_on_request(dataset, tmp_path):
-    result = create_snapshot(str(dataset), str(tmp_path / "out"), SnapshotConfig(ties="keep", none="keep"))
+    result = create_snapshot(str(dataset), str(tmp_path / "out"), _config(ties="keep", none="keep"))
     rows = _preferences(result.uri)
     assert rows["c6"]["choice"] == "tie" and rows["c6"]["label"] == 0.5
     assert rows["c7"]["choice"] == "none" and rows["c7"]["label"] is None
@@ -166,16 +171,16 @@ def test_ties_and_none_are_kept_on_request(dataset, tmp_path):
 
 def test_same_content_gives_the_same_folder_and_other_settings_another(dataset, feedback_events, tmp_path):
     out = tmp_path / "out"
-    first = create_snapshot(str(dataset), str(out), SnapshotConfig())
+    first = create_snapshot(str(dataset), str(out), _config())
     written = {f: Path(first.uri, f"{f}.parquet").stat().st_mtime_ns for f in FILES}
-    again = create_snapshot(str(dataset), str(out), SnapshotConfig())
+    again = create_snapshot(str(dataset), str(out), _config())
     assert (again.uri, again.digest, again.created) == (first.uri, first.digest, False)
     assert {f: Path(first.uri, f"{f}.parquet").stat().st_mtime_ns for f in FILES} == written  # nothing rewritten
     # the same events laid out in other files, in another order, give the same snapshot
     relaid = tmp_path / "relaid"
     events.write_dataset(relaid, list(reversed(feedback_events)), files_per_kind=3)
-    assert create_snapshot(str(relaid), str(out), SnapshotConfig()).digest == first.digest
-    other = create_snapshot(str(dataset), str(out), SnapshotConfig(split_salt="another"))
+    assert create_snapshot(str(relaid), str(out), _config()).digest == first.digest
+    other = create_snapshot(str(dataset), str(out), _config(split_salt="another"))
     assert other.uri != first.uri
     assert len(list(out.iterdir())) == 2
     assert Path(first.uri).name == first.digest[:16]
@@ -203,7 +208,7 @@ def test_no_prompt_lands_in_two_splits(tmp_path):
     for i in range(120):
         pairs += events.listened_pair(f"cmp-{i}", f"prompt {i % 40}", A)  # every prompt in three comparisons
     events.write_dataset(tmp_path / "events", pairs)
-    config = SnapshotConfig(validation_fraction=0.3, test_fraction=0.3)
+    config = _config(validation_fraction=0.3, test_fraction=0.3)
     result = create_snapshot(str(tmp_path / "events"), str(tmp_path / "out"), config)
     prompts = {s: {r["prompt"] for r in _rows(result.uri, f"preferences_{s}")} for s in SPLITS}
     assert all(prompts.values())  # each split holds some prompts...
@@ -238,14 +243,14 @@ def test_playback_reports_reduce_to_one_row_per_listener_and_clip_as_they_are_re
     assert tables["playback"].num_rows == 2  # clip A and clip B of c1, for u1
     b = tables["playback"].filter(pc.equal(tables["playback"]["clip_id"], "c1-b")).to_pylist()
     assert [(r["listened_ms"], r["completed"]) for r in b] == [(6_000, False)]
-    many = create_snapshot(str(tmp_path / "many"), str(tmp_path / "out"), SnapshotConfig())
-    few = create_snapshot(str(tmp_path / "few"), str(tmp_path / "out"), SnapshotConfig())
+    many = create_snapshot(str(tmp_path / "many"), str(tmp_path / "out"), _config())
+    few = create_snapshot(str(tmp_path / "few"), str(tmp_path / "out"), _config())
     assert many.digest == few.digest  # the same answer, listened to the same way
 
 
 def test_an_empty_dataset_is_refused(tmp_path):
     with pytest.raises(InvalidRequest, match="no preferences in"):
-        create_snapshot(str(tmp_path / "nothing"), str(tmp_path / "out"), SnapshotConfig())
+        create_snapshot(str(tmp_path / "nothing"), str(tmp_path / "out"), _config())
 
 
 def test_config_is_checked():
@@ -288,7 +293,19 @@ def test_cli_exits_2_with_a_sentence_on_an_empty_dataset(tmp_path, caplog):
 def test_cli_flags_reach_the_snapshot(dataset, tmp_path, caplog, capsys):
     argv = ["dataset", "snapshot", "--dataset", str(dataset), "--out", str(tmp_path / "out")]
     with caplog.at_level(logging.INFO):
-        status = _run_cli(argv + ["--require-listened", "false", "--ties", "keep", "--min-listened-ms", "10"])
+        status = _run_cli(
+            argv
+            + [
+                "--require-listened",
+                "false",
+                "--ties",
+                "keep",
+                "--min-listened-ms",
+                "10",
+                "--consolidate-codes",
+                "false",
+            ]
+        )
     assert status == 0
     (folder,) = (tmp_path / "out").iterdir()
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -301,7 +318,10 @@ def test_cli_flags_reach_the_snapshot(dataset, tmp_path, caplog, capsys):
         "validation_fraction": 0.1,
         "test_fraction": 0.1,
         "split_salt": "musicrl",
+        "consolidate_codes": False,
+        "codes_shard_bytes": 256 * 2**20,
     }
+    assert manifest["codes"] is None
     assert str(folder) in caplog.text
     assert capsys.readouterr().out == f"{folder}\n"  # the folder is the output; the rest is log
     assert _run_cli(argv + ["--ties", "sometimes"]) == 2

@@ -29,7 +29,8 @@ from tests.utils.tiny_models import TINY_MUSICGEN_URI, differing_tensors
 
 
 def _config(snapshot_url: str, out: Path, **overrides) -> PreferenceTrainConfig:
-    fields = {"epochs": 2, "batch_size": 8, "lr": 1e-3, "min_pairs": 20}
+    # no DataLoader workers: forking them costs more than these 10-frame clips take to read
+    fields = {"epochs": 2, "batch_size": 8, "lr": 1e-3, "min_pairs": 20, "num_workers": 0}
     fields.update(overrides)
     return PreferenceTrainConfig(snapshot_url=snapshot_url, init_uri=TINY_MUSICGEN_URI, out_url=str(out), **fields)
 
@@ -119,20 +120,17 @@ def test_the_epoch_is_chosen_on_validation_and_test_is_scored_once_on_the_kept_m
     model = load_preference(result.uri)
     rows = read_pairs_table(snapshot.url, "test")
     prompts = [row["prompt"] for row in rows]
+    clips = [np.load(row[f"clip_{side}_codes_uri"].removeprefix("file://")) for side in "ab" for row in rows]
     with torch.no_grad():
-        r_a, r_b = (
-            model.score_codes(
-                prompts, [np.load(row[f"clip_{side}_codes_uri"].removeprefix("file://")) for row in rows]
-            )
-            for side in "ab"
-        )
+        rewards = model.score_codes(prompts + prompts, clips)  # [2N]: A rows then B rows, as the trainer batches
+    r_a, r_b = rewards[: len(rows)], rewards[len(rows) :]
     labels = np.array([row["label"] for row in rows])
     assert result.metrics["test/accuracy"] == pytest.approx(pair_accuracy((r_a - r_b).numpy(), labels))
     assert result.metrics["data/test_pairs"] == len(rows) == 8
 
 
 def test_a_missing_codes_file_is_refused_with_its_uri(tmp_path):
-    snapshot = random_codes_snapshot(tmp_path)
+    snapshot = random_codes_snapshot(tmp_path, pack=False)  # taken without packed codes: the trainer packs them
     gone = read_pairs_table(snapshot.url, "test")[0]["clip_b_codes_uri"]
     Path(gone.removeprefix("file://")).unlink()
     with pytest.raises(InvalidRequest, match=f"the codes file {gone} is missing"):
@@ -148,7 +146,7 @@ def test_a_missing_codes_file_is_refused_with_its_uri(tmp_path):
     ],
 )
 def test_codes_the_policy_cannot_read_are_refused_with_their_uri(tmp_path, codes, message):
-    snapshot = random_codes_snapshot(tmp_path)
+    snapshot = random_codes_snapshot(tmp_path, pack=False)  # the clip is changed below, before packing
     row = read_pairs_table(snapshot.url, "train")[3]
     ClipStore(snapshot.clip_store_url).put_codes(row["clip_a_id"], codes)
     if codes.dtype.kind == "f":  # put_codes writes int64: write the float file directly
@@ -176,8 +174,10 @@ def test_training_writes_metrics_plot_and_a_loadable_checkpoint(tmp_path):
 
 
 def test_unfreezing_the_text_encoder_trains_it(tmp_path):
-    snapshot = random_codes_snapshot(tmp_path, train_pairs=24, choices=("a",))  # A always wins
-    result = train_preference(_config(snapshot.url, tmp_path / "out", epochs=1, freeze_text_encoder=False))
+    # A always wins and its codes differ from B's, and three steps at lr 1e-2 move the margins well clear of 0
+    # (validation accuracy ~0.9; from near-zero margins a rounding difference could flip it to chance)
+    snapshot = random_codes_snapshot(tmp_path, train_pairs=24, choices=("a",), separable=True)
+    result = train_preference(_config(snapshot.url, tmp_path / "out", epochs=1, lr=1e-2, freeze_text_encoder=False))
     model = load_preference(result.uri)
     assert result.best_epoch == 1
     assert differing_tensors(model.backbone.text_encoder, load_musicgen(TINY_MUSICGEN_URI).model.text_encoder)

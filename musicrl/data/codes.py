@@ -1,0 +1,411 @@
+"""A snapshot's clip codes packed into a few int16 shards: fetched once at snapshot time, memory-mapped to train.
+
+The clip store keeps one ``.codes.npy`` (int64 [K, T]) per clip. Reading those per training run is one GET
+per clip and eight bytes per code: at the paper's 300k pairs, 600k sequential GETs and ~19 GB of RAM. A
+snapshot instead fetches each distinct clip of its preference splits once, with a bounded pool of threads,
+checks it, and appends it to flat int16 shards::
+
+    <snapshot>/codes/codes-00000.npy   int16 [N_0], clips back to back, each its [K, T] grid in C order
+    <snapshot>/codes/index.parquet     clip_id, codes_uri, shard, offset, num_codebooks, frames, min_code, max_code
+
+int16 holds every EnCodec codebook (MusicGen's have 2048 entries, int16 reaches 32767), a quarter of the
+int64 bytes; a value that does not fit is refused with a sentence rather than wrapped. Clips are packed in
+clip-id order, so the same clips give the same bytes: the snapshot stays content-addressed. A trainer opens
+the index (a few numbers per clip) and maps the shards, so the codes it holds in memory are the batch it is
+reading, and :class:`PackedCodes` pickles without its maps, so every DataLoader worker maps the shards itself.
+"""
+
+import collections
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from fsspec.implementations.local import LocalFileSystem
+from tqdm import tqdm
+
+from musicrl.data.dataset import join_url, parquet_bytes, parquet_file, write_durably
+from musicrl.errors import InvalidRequest
+
+
+logger = logging.getLogger(__name__)
+
+CODES_DIR = "codes"
+INDEX_FILE = f"{CODES_DIR}/index.parquet"
+CODES_DTYPE = np.dtype(np.int16)
+DEFAULT_SHARD_BYTES = 256 * 2**20  # 256 MiB: ~30 shards for the paper's 600k clips of 30 s, one GET each
+FETCH_THREADS = 16  # GETs in flight: object-store reads are latency-bound, and 16 × 50 KB files is nothing to hold
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("clip_id", pa.string()),
+        pa.field("codes_uri", pa.string()),
+        pa.field("shard", pa.int32()),
+        pa.field("offset", pa.int64()),  # in codes, not bytes, from the start of the shard
+        pa.field("num_codebooks", pa.int32()),
+        pa.field("frames", pa.int32()),
+        pa.field("min_code", pa.int32()),
+        pa.field("max_code", pa.int32()),
+    ]
+)
+
+
+def shard_name(shard: int) -> str:
+    """``codes/codes-<shard:05d>.npy``, relative to the snapshot folder."""
+    return f"{CODES_DIR}/codes-{shard:05d}.npy"
+
+
+def read_codes_file(uri: str) -> np.ndarray:
+    """One clip's codes from the clip store, checked to be a non-empty integer grid [K, T] that fits int16.
+
+    Args:
+        uri: The clip's ``codes_uri``.
+
+    Returns:
+        The grid as stored (any integer dtype).
+
+    Raises:
+        InvalidRequest: The file is missing or unreadable, not a ``.npy``, not an integer [K, T] grid, or
+            holds a value outside int16.
+    """
+    try:
+        with fsspec.open(uri, "rb") as f:
+            data = f.read()
+    except FileNotFoundError as e:
+        raise InvalidRequest(f"the codes file {uri} is missing; was the clip store moved or pruned?") from e
+    except OSError as e:  # refused or unreachable: say which file, and how to snapshot without codes
+        raise InvalidRequest(
+            f"the codes file {uri} cannot be read ({e}); take the snapshot where the clip store is reachable, "
+            "or with consolidate_codes false (--consolidate-codes false) to leave codes out"
+        ) from e
+    try:
+        grid = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as e:
+        raise InvalidRequest(f"{uri} is not a NumPy .npy file of codes: {e}") from e
+    return checked_grid(grid, uri)
+
+
+def checked_grid(grid: np.ndarray, where: str) -> np.ndarray:
+    """``grid`` unchanged if it is a non-empty integer grid [K, T] whose values fit int16.
+
+    Args:
+        grid: A clip's codes.
+        where: Names the clip in the error (its codes URI).
+
+    Raises:
+        InvalidRequest: Not an integer [K, T] grid with T > 0, or a value outside int16.
+    """
+    if grid.ndim != 2 or grid.shape[1] == 0 or not np.issubdtype(grid.dtype, np.integer):
+        raise InvalidRequest(f"{where} must hold integer codes [K, T] with T > 0, got {grid.dtype} {grid.shape}")
+    info = np.iinfo(CODES_DTYPE)
+    low, high = int(grid.min()), int(grid.max())
+    if low < info.min or high > info.max:
+        raise InvalidRequest(
+            f"{where} holds the code {high if high > info.max else low}, which does not fit int16 "
+            f"[{info.min}, {info.max}]: codes are codebook indices (EnCodec's codebooks have 2048 entries), "
+            "so this file is not codes of a MusicGen-like tokenizer"
+        )
+    return grid
+
+
+class _ShardWriter:
+    """Appends grids to int16 shards of at most ``shard_values`` codes (a larger clip gets a shard of its own)."""
+
+    def __init__(self, dest_url: str, shard_values: int) -> None:
+        self.dest_url = dest_url
+        self.shard_values = shard_values
+        self.buffer = np.empty(0, dtype=CODES_DTYPE)
+        self.used = 0
+        self.shard = 0
+        self.written: list[str] = []
+
+    def add(self, grid: np.ndarray) -> tuple[int, int]:
+        """Append ``grid`` [K, T]; return its (shard, offset)."""
+        size = grid.size
+        if self.used and self.used + size > self.shard_values:
+            self.flush()
+        if self.used + size > self.buffer.size:
+            grown = np.empty(max(self.shard_values, self.used + size), dtype=CODES_DTYPE)
+            grown[: self.used] = self.buffer[: self.used]
+            self.buffer = grown
+        self.buffer[self.used : self.used + size] = grid.reshape(-1)  # [K * T], codebook by codebook
+        offset, self.used = self.used, self.used + size
+        return self.shard, offset
+
+    def flush(self) -> None:
+        """Write the current shard (if it holds anything) and start the next one."""
+        if not self.used:
+            return
+        out = io.BytesIO()
+        np.save(out, self.buffer[: self.used], allow_pickle=False)
+        write_durably(join_url(self.dest_url, shard_name(self.shard)), out.getvalue())
+        self.written.append(shard_name(self.shard))
+        self.shard, self.used = self.shard + 1, 0
+
+
+def distinct_clips(tables: Sequence[pa.Table]) -> pa.Table:
+    """``clip_id`` and ``codes_uri`` of every clip A or B of the preference tables, once each, by clip id."""
+    sides = [
+        table.select([f"clip_{side}_id", f"clip_{side}_codes_uri"]).rename_columns(["clip_id", "codes_uri"])
+        for table in tables
+        for side in "ab"
+    ]
+    if not sides:
+        return pa.table({"clip_id": pa.array([], pa.string()), "codes_uri": pa.array([], pa.string())})
+    grouped = pa.concat_tables(sides).group_by("clip_id", use_threads=False).aggregate([("codes_uri", "min")])
+    # by name: the column order of group_by's output differs between pyarrow versions
+    clips = pa.table({"clip_id": grouped["clip_id"], "codes_uri": grouped["codes_uri_min"]})
+    return clips.sort_by([("clip_id", "ascending")])
+
+
+def pack_codes(
+    clips: pa.Table, dest_url: str, *, shard_bytes: int = DEFAULT_SHARD_BYTES, threads: int = FETCH_THREADS
+) -> dict[str, Any]:
+    """Fetch every clip's codes once and write them as int16 shards and an index under ``dest_url``.
+
+    Args:
+        clips: ``clip_id`` and ``codes_uri``, one row per clip, in the order to pack them (see
+            :func:`distinct_clips`).
+        dest_url: The snapshot folder; the files go under its ``codes/``.
+        shard_bytes: Most bytes of codes per shard.
+        threads: GETs in flight at once.
+
+    Returns:
+        The manifest's ``codes`` entry: clips, codes, bytes, dtype and the files written (index last).
+
+    Raises:
+        InvalidRequest: A clip has no codes URI, or its file is missing or holds no valid codes.
+    """
+    missing = clips.filter(pc.invert(pc.fill_null(pc.greater(pc.utf8_length(clips["codes_uri"]), 0), False)))
+    if missing.num_rows:
+        raise InvalidRequest(
+            f"clip {missing['clip_id'][0].as_py()} has no codes_uri, so its codes cannot be packed; "
+            "take the snapshot with consolidate_codes false (--consolidate-codes false) to leave codes out"
+        )
+    uris = clips["codes_uri"].to_pylist()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="codes-fetch") as pool:
+        grids = _fetched(pool, uris, window=4 * threads)
+        return write_packed(clips["clip_id"].to_pylist(), uris, grids, dest_url, shard_bytes=shard_bytes)
+
+
+def write_packed(
+    clip_ids: Sequence[str],
+    codes_uris: Sequence[str],
+    grids: Iterable[np.ndarray],
+    dest_url: str,
+    *,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> dict[str, Any]:
+    """Append ``grids`` (one per clip, in order) to int16 shards under ``dest_url``/codes and write the index.
+
+    Args:
+        clip_ids: The clips, in the order of ``grids``.
+        codes_uris: Where each clip's codes came from (kept in the index, for error messages).
+        grids: Each clip's codes, integer [K, T]; consumed one at a time.
+        dest_url: The snapshot folder.
+        shard_bytes: Most bytes of codes per shard.
+
+    Returns:
+        The manifest's ``codes`` entry (see :func:`pack_codes`).
+
+    Raises:
+        InvalidRequest: A grid that is not integer [K, T] with T > 0, or with a value outside int16.
+    """
+    writer = _ShardWriter(dest_url, max(1, shard_bytes // CODES_DTYPE.itemsize))
+    rows: dict[str, list[Any]] = {name: [] for name in INDEX_SCHEMA.names}
+    progress = tqdm(zip(clip_ids, codes_uris, grids, strict=True), total=len(clip_ids), desc="packing codes")
+    for clip_id, uri, grid in progress:
+        checked = checked_grid(grid, uri)
+        shard, offset = writer.add(checked)
+        values = (clip_id, uri, shard, offset, *checked.shape, int(checked.min()), int(checked.max()))
+        for name, value in zip(INDEX_SCHEMA.names, values, strict=True):
+            rows[name].append(value)
+    writer.flush()
+    index = pa.table(rows, schema=INDEX_SCHEMA)
+    write_durably(join_url(dest_url, INDEX_FILE), parquet_bytes(index))
+    total = int(pc.sum(pc.multiply(pc.cast(index["num_codebooks"], pa.int64()), index["frames"])).as_py() or 0)
+    logger.info("packed the codes of %d clips into %d shards under %s", len(clip_ids), len(writer.written), dest_url)
+    return {
+        "clips": len(clip_ids),
+        "codes": total,
+        "bytes": total * CODES_DTYPE.itemsize,
+        "dtype": CODES_DTYPE.name,
+        "files": [*writer.written, INDEX_FILE],
+    }
+
+
+def _fetched(pool: ThreadPoolExecutor, uris: list[str], window: int) -> Iterator[np.ndarray]:
+    """The grids of ``uris`` in order, with at most ``window`` fetched ahead: memory stays a window of clips."""
+    pending: collections.deque[Future[np.ndarray]] = collections.deque()
+    for uri in uris:
+        pending.append(pool.submit(read_codes_file, uri))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """The index's columns as NumPy arrays (a few numbers per clip)."""
+
+    clip_ids: pa.Array  # string [C]: Arrow, so forked workers share its pages (no per-item refcounts)
+    codes_uris: pa.Array  # string [C]
+    shard: np.ndarray  # int32 [C]
+    offset: np.ndarray  # int64 [C]
+    num_codebooks: np.ndarray  # int32 [C]
+    frames: np.ndarray  # int32 [C]
+    min_code: np.ndarray  # int32 [C]
+    max_code: np.ndarray  # int32 [C]
+
+
+class PackedCodes:
+    """The packed codes of a snapshot: look a clip up by row, get its grid as a view of a memory-mapped shard.
+
+    Args:
+        index: The index table (:data:`INDEX_SCHEMA`).
+        shard_paths: Local paths of the shards, by shard number.
+    """
+
+    def __init__(self, index: pa.Table, shard_paths: Sequence[str]) -> None:
+        columns = {name: index[name].combine_chunks() for name in INDEX_SCHEMA.names}
+        numbers = {name: columns[name].to_numpy(zero_copy_only=False) for name in INDEX_SCHEMA.names[2:]}
+        self._index = _Index(clip_ids=columns["clip_id"], codes_uris=columns["codes_uri"], **numbers)
+        self.shard_paths = list(shard_paths)
+        self._maps: dict[int, np.ndarray] = {}
+        self._codes = int(
+            pc.sum(pc.multiply(pc.cast(index["num_codebooks"], pa.int64()), index["frames"])).as_py() or 0
+        )
+
+    @classmethod
+    def open(cls, snapshot_url: str, *, cache_dir: str | None = None) -> "PackedCodes":
+        """Open the packed codes of a snapshot; shards on an object store are first copied to ``cache_dir``.
+
+        Args:
+            snapshot_url: The snapshot folder (local path or fsspec URL).
+            cache_dir: Local folder for copies of remote shards (default: a new temporary folder).
+
+        Returns:
+            The codes, with no shard mapped yet.
+
+        Raises:
+            InvalidRequest: The snapshot has no packed codes.
+        """
+        fs, index_path = fsspec.core.url_to_fs(join_url(snapshot_url, INDEX_FILE))
+        if not fs.exists(index_path):
+            raise InvalidRequest(f"{snapshot_url} has no packed codes ({INDEX_FILE})")
+        with parquet_file(join_url(snapshot_url, INDEX_FILE)) as f:
+            index = f.read().cast(INDEX_SCHEMA)
+        shards = int(pc.max(index["shard"]).as_py()) + 1 if index.num_rows else 0
+        urls = [join_url(snapshot_url, shard_name(s)) for s in range(shards)]
+        if isinstance(fs, LocalFileSystem):
+            return cls(index, [fsspec.core.url_to_fs(url)[1] for url in urls])
+        local = cache_dir or tempfile.mkdtemp(prefix="musicrl-codes-")
+        paths = [os.path.join(local, os.path.basename(url)) for url in urls]
+        logger.info("copying %d code shards of %s to %s", shards, snapshot_url, local)
+        fs.get([fsspec.core.url_to_fs(url)[1] for url in urls], paths)  # fsspec fetches them concurrently
+        return cls(index, paths)
+
+    def __len__(self) -> int:
+        return len(self._index.shard)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a DataLoader worker maps the shards itself: maps do not pickle, and a fork shares the pages anyway
+        return {"_index": self._index, "shard_paths": self.shard_paths, "_maps": {}, "_codes": self._codes}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def rows_of(self, clip_ids: Sequence[str] | pa.Array) -> np.ndarray:
+        """The index rows of ``clip_ids``, int32 [N].
+
+        Raises:
+            InvalidRequest: A clip id is not in the index.
+        """
+        wanted = pa.array(clip_ids, pa.string()) if not isinstance(clip_ids, pa.Array) else clip_ids
+        rows = pc.index_in(wanted, value_set=self._index.clip_ids)
+        if rows.null_count:
+            absent = wanted.filter(pc.is_null(rows))[0].as_py()
+            raise InvalidRequest(f"clip {absent} is not among the snapshot's packed codes; re-take the snapshot")
+        return rows.to_numpy(zero_copy_only=False)  # int32: an index holds fewer than 2^31 clips
+
+    def codes_uri(self, row: int) -> str:
+        """Where the clip at ``row`` was fetched from."""
+        return str(self._index.codes_uris[row].as_py())
+
+    def grid(self, row: int) -> np.ndarray:
+        """The codes of the clip at ``row``: int16 [K, T], a read-only view of its mapped shard."""
+        index = self._index
+        shard = int(index.shard[row])
+        if shard not in self._maps:
+            self._maps[shard] = np.load(self.shard_paths[shard], mmap_mode="r", allow_pickle=False)
+        start, shape = int(index.offset[row]), (int(index.num_codebooks[row]), int(index.frames[row]))
+        return self._maps[shard][start : start + shape[0] * shape[1]].reshape(shape)  # [K, T]
+
+    def check(self, rows: np.ndarray, num_codebooks: int, vocab_size: int) -> None:
+        """Refuse clips the policy cannot read, naming the first one's codes URI, from the index alone.
+
+        Args:
+            rows: Index rows to check, int [N].
+            num_codebooks: K of the policy.
+            vocab_size: V of the policy.
+
+        Raises:
+            InvalidRequest: A clip with another K, or with ids outside [0, V).
+        """
+        index = self._index
+        wrong_k = rows[index.num_codebooks[rows] != num_codebooks]
+        if wrong_k.size:
+            row = int(wrong_k[0])
+            raise InvalidRequest(
+                f"{self.codes_uri(row)} does not fit the policy: it has {int(index.num_codebooks[row])} codebooks; "
+                f"this model uses {num_codebooks}"
+            )
+        outside = rows[(index.min_code[rows] < 0) | (index.max_code[rows] >= vocab_size)]
+        if outside.size:
+            row = int(outside[0])
+            raise InvalidRequest(
+                f"{self.codes_uri(row)} does not fit the policy: it holds ids outside [0, {vocab_size}): "
+                f"{int(index.min_code[row])}..{int(index.max_code[row])}"
+            )
+
+    def summary(self) -> dict[str, int]:
+        """Clips, shards and codes held."""
+        return {"clips": len(self), "shards": len(self.shard_paths), "codes": self._codes}
+
+
+def packed_or_packing(snapshot_url: str, clips: pa.Table, *, cache_dir: str | None = None) -> PackedCodes:
+    """The snapshot's packed codes, or, for a snapshot taken without them, ``clips`` packed into ``cache_dir``.
+
+    Args:
+        snapshot_url: The snapshot folder.
+        clips: ``clip_id`` and ``codes_uri`` of the clips to pack if the snapshot has none packed.
+        cache_dir: Where to pack or copy them locally (default: a new temporary folder).
+
+    Returns:
+        The codes.
+
+    Raises:
+        InvalidRequest: Packing failed (a missing or invalid codes file).
+    """
+    fs, index_path = fsspec.core.url_to_fs(join_url(snapshot_url, INDEX_FILE))
+    if fs.exists(index_path):
+        return PackedCodes.open(snapshot_url, cache_dir=cache_dir)
+    local = cache_dir or tempfile.mkdtemp(prefix="musicrl-codes-")
+    logger.warning(
+        "%s was taken without packed codes: fetching the codes of %d clips into %s for this run "
+        "(take snapshots with consolidate_codes true to fetch them once)",
+        snapshot_url,
+        clips.num_rows,
+        local,
+    )
+    pack_codes(clips, local)
+    return PackedCodes.open(local)
