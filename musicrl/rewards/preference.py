@@ -15,7 +15,12 @@ and maps the decoder's last hidden state to one number:
   on one token's state of a decoder trained to predict the *next* token, not to summarise;
 * **head**: a Linear layer initialised to **zero**, so every pair starts at P = 0.5 and the eval accuracy
   before training is exactly chance, not whatever a random projection of the policy's features happens
-  to correlate with.
+  to correlate with;
+* **long clips**: a clip longer than the model's window (``window_frames``, at most what the decoder's
+  positions cover) is scored as the mean reward of its first and last ``window_frames`` frames, the rule
+  MusicRL (§3.1) applies to its quality model's 20 s input. It keeps the end of the clip in the score
+  instead of cutting it off, and it is the same in training and in serving: the window is saved with the
+  head, so a checkpoint scores clips the way it was trained to.
 
 The policy's EnCodec stays in the model (frozen) to turn audio into codes when a caller sends audio only;
 its LM heads stay too (unused). A checkpoint holds the MusicGen and its tokenizer as a ``save_pretrained``
@@ -51,7 +56,26 @@ HEAD_WEIGHTS_FILE = "preference_head.safetensors"
 HEAD_CONFIG_FILE = "preference_head.json"
 BACKBONE_DIR = "backbone"  # the MusicGen save_pretrained folder inside a checkpoint
 POOLING = "mean"  # the only pooling written so far; stored in the checkpoint so a reader can check it
+DEFAULT_WINDOW_FRAMES = 1500  # 30 s at 50 frames/s, the clip length MusicGen was trained on
 MAX_PROMPT_TOKENS = 256  # as the engine: T5 uses relative positions and music prompts are short
+
+
+def clip_windows(codes: Sequence[torch.Tensor], window_frames: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each clip as itself if it has at most ``window_frames`` frames, else its first and last window.
+
+    Args:
+        codes: B grids, int64 [K, T_b].
+        window_frames: The longest window, in frames.
+
+    Returns:
+        The W windows (int64 [K, ≤ window_frames]) in clip order, and the clip of each window, int64 [W].
+    """
+    windows, owner = [], []
+    for index, clip in enumerate(codes):
+        cut = [clip] if clip.shape[-1] <= window_frames else [clip[:, :window_frames], clip[:, -window_frames:]]
+        windows.extend(cut)
+        owner.extend([index] * len(cut))
+    return windows, torch.tensor(owner, dtype=torch.long)
 
 
 def delayed_grid(codes: Sequence[torch.Tensor], start_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,6 +111,11 @@ class PreferenceRewardModel(nn.Module):
         tokenizer: Its text tokenizer.
         head: Hidden state [D] → r; None builds a zero-initialised one.
         parent_uri: The policy URI the model was initialised from (for the checkpoint's metadata).
+        window_frames: Longer clips score the mean of their first and last window of this many frames;
+            capped at what the decoder's positions cover (:attr:`max_frames`).
+
+    Raises:
+        InvalidRequest: ``window_frames`` < 1.
     """
 
     def __init__(
@@ -95,20 +124,28 @@ class PreferenceRewardModel(nn.Module):
         tokenizer: PreTrainedTokenizerBase,
         head: nn.Linear | None = None,
         parent_uri: str | None = None,
+        window_frames: int = DEFAULT_WINDOW_FRAMES,
     ) -> None:
         super().__init__()
+        if window_frames < 1:
+            raise InvalidRequest(f"window_frames must be >= 1, got {window_frames}")
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.head = head if head is not None else _zero_head(int(backbone.config.decoder.hidden_size))
         self.parent_uri = parent_uri
+        self.window_frames = min(window_frames, self.max_frames)
+        self._windowed = False  # whether the first long clip was logged
 
     @classmethod
-    def from_policy(cls, uri: str, *, device: str = "cpu") -> "PreferenceRewardModel":
+    def from_policy(
+        cls, uri: str, *, device: str = "cpu", window_frames: int = DEFAULT_WINDOW_FRAMES
+    ) -> "PreferenceRewardModel":
         """A reward model initialised from the policy checkpoint at ``uri``, with a zero head (untrained).
 
         Args:
             uri: Any policy URI :func:`~musicrl.models.loading.load_musicgen` reads.
             device: Torch device.
+            window_frames: See :class:`PreferenceRewardModel`.
 
         Returns:
             The model in eval mode, every parameter frozen; call :meth:`set_trainable` to train it.
@@ -118,7 +155,8 @@ class PreferenceRewardModel(nn.Module):
             IncompatibleModel: ``uri`` is not a mono MusicGen.
         """
         bundle = load_musicgen(uri, device=device)
-        model = cls(bundle.model, bundle.tokenizer, parent_uri=str(bundle.uri)).to(device).eval()
+        model = cls(bundle.model, bundle.tokenizer, parent_uri=str(bundle.uri), window_frames=window_frames)
+        model = model.to(device).eval()
         model.requires_grad_(False)
         return model
 
@@ -226,24 +264,41 @@ class PreferenceRewardModel(nn.Module):
     def score_codes(self, prompts: Sequence[str], codes: Sequence[torch.Tensor | np.ndarray]) -> torch.Tensor:
         """Rewards of clips given as codes (no delay pattern); differentiable unless called without grad.
 
+        A clip longer than :attr:`window_frames` scores the mean reward of its first and last window (see
+        the module docstring); every window of the batch goes through the decoder in one pass.
+
         Args:
             prompts: B prompts.
-            codes: B grids, int64 [K, T_b]; checked against the model's K and V.
+            codes: B grids, int64 [K, T_b] of any length T_b ≥ 1; checked against the model's K and V.
 
         Returns:
             r, float32 [B].
 
         Raises:
-            InvalidRequest: Wrong number of codebooks, ids outside the vocabulary, or a clip too long.
+            InvalidRequest: Wrong number of codebooks or ids outside the vocabulary.
         """
         arrays = [np.asarray(c) for c in codes]
         check_vocabulary(arrays, self.num_codebooks, self.vocab_size)
-        longest = max(a.shape[-1] for a in arrays)
-        if longest > self.max_frames:
-            raise InvalidRequest(f"a clip has {longest} frames; this preference model reads at most {self.max_frames}")
-        grid, grid_mask = delayed_grid([torch.as_tensor(a, dtype=torch.long) for a in arrays], self.start_token_id)
-        states, text_mask = self.encode_text(prompts)
-        return self(grid.to(self.device), grid_mask.to(self.device), states, text_mask)
+        clips = [torch.as_tensor(a, dtype=torch.long) for a in arrays]
+        windows, owner = clip_windows(clips, self.window_frames)  # W windows, owner [W]
+        if len(windows) > len(clips):
+            self._say_windowing(max(a.shape[-1] for a in arrays))
+        grid, grid_mask = delayed_grid(windows, self.start_token_id)
+        states, text_mask = self.encode_text([prompts[int(i)] for i in owner])
+        rewards = self(grid.to(self.device), grid_mask.to(self.device), states, text_mask)  # [W]
+        summed = torch.zeros(len(clips), device=rewards.device).index_add(0, owner.to(rewards.device), rewards)
+        return summed / torch.bincount(owner, minlength=len(clips)).to(rewards.device)  # [B]: mean over windows
+
+    def _say_windowing(self, frames: int) -> None:
+        if not self._windowed:
+            logger.info(
+                "a clip of %d frames is longer than the %d-frame window: clips this long score the mean of their "
+                "first and last %d frames",
+                frames,
+                self.window_frames,
+                self.window_frames,
+            )
+            self._windowed = True
 
     @torch.inference_mode()
     def codes_from_audio(self, audio: Sequence[np.ndarray], sample_rate: int) -> list[np.ndarray]:
@@ -275,7 +330,7 @@ class PreferenceRewardModel(nn.Module):
             {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
             directory / HEAD_WEIGHTS_FILE,
         )
-        config = {"hidden_size": self.head.in_features, "pooling": POOLING}
+        config = {"hidden_size": self.head.in_features, "pooling": POOLING, "window_frames": self.window_frames}
         (directory / HEAD_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
     def save(self, dest: str, metrics: dict[str, float], *, training_run: str | None = None) -> str:
@@ -329,9 +384,11 @@ def load_preference(uri: str, *, device: str = "cpu") -> PreferenceRewardModel:
         return PreferenceRewardModel.from_policy(uri, device=device)
     directory = resolve_local_dir(parsed)
     metadata = _check_preference_dir(directory, parsed)
-    head = _load_head(directory, parsed)
+    head, window_frames = _load_head(directory, parsed)
     bundle = load_musicgen(str(directory / BACKBONE_DIR), device=device)
-    model = PreferenceRewardModel(bundle.model, bundle.tokenizer, head, parent_uri=metadata.parent_uri)
+    model = PreferenceRewardModel(
+        bundle.model, bundle.tokenizer, head, parent_uri=metadata.parent_uri, window_frames=window_frames
+    )
     model = model.to(device).eval()
     model.requires_grad_(False)
     logger.info("loaded preference reward %s", uri)
@@ -356,16 +413,18 @@ def _check_preference_dir(directory: Path, uri: ModelURI) -> CheckpointMetadata:
     return metadata
 
 
-def _load_head(directory: Path, uri: ModelURI) -> nn.Linear:
+def _load_head(directory: Path, uri: ModelURI) -> tuple[nn.Linear, int]:
+    """The head and the window it was trained with (a head saved before windows existed: the default)."""
     try:
         config = json.loads((directory / HEAD_CONFIG_FILE).read_text())
         head = nn.Linear(int(config["hidden_size"]), 1)
         head.load_state_dict(load_file(directory / HEAD_WEIGHTS_FILE))
+        window_frames = int(config.get("window_frames", DEFAULT_WINDOW_FRAMES))
     except (OSError, json.JSONDecodeError, KeyError, ValueError, RuntimeError) as e:
         raise IncompatibleModel(f"{uri} holds an unreadable preference head: {e}") from e
     if config.get("pooling") != POOLING:
         raise IncompatibleModel(f"{uri} pools with {config.get('pooling')!r}; this version reads {POOLING!r}")
-    return head
+    return head, window_frames
 
 
 class PreferenceReward:
@@ -396,7 +455,7 @@ class PreferenceReward:
         """Scores r of the batch's clips, float32 [B].
 
         Raises:
-            InvalidRequest: Codes of the wrong shape or out of vocabulary, or clips too long.
+            InvalidRequest: Codes of the wrong shape or out of vocabulary.
         """
         codes = batch.codes
         if codes is None:

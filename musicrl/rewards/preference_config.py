@@ -26,7 +26,8 @@ class PreferenceTrainConfig:
         ties: ``soft`` trains on ties with target 0.5; ``drop`` drops them.
         min_pairs: Fewest usable training pairs (after dropping none answers and dropped ties).
         freeze_text_encoder: Keep the T5 text encoder frozen (the decoder, projection and head train).
-        max_frames: Clips are cut to their first this-many frames.
+        window_frames: A clip longer than this scores the mean reward of its first and last this-many frames,
+            in training as in serving (the checkpoint keeps it); at most what the model's positions cover.
         eval_batch_size: Pairs per forward pass when evaluating.
         num_workers: DataLoader worker processes reading the clips' codes from the snapshot's memory-mapped
             shards; 0 reads them in the training process.
@@ -46,7 +47,7 @@ class PreferenceTrainConfig:
     ties: str = "soft"  # a tie carries information under BT with soft targets: r_A ≈ r_B
     min_pairs: int = 20  # below this, eval accuracy is noise and the run is a mistake
     freeze_text_encoder: bool = True  # the preference is about the audio; T5 has nothing to learn from it
-    max_frames: int = 1500  # 30 s at 50 frames/s, the length MusicGen was trained on
+    window_frames: int = 1500  # 30 s at 50 frames/s, the clip length MusicGen was trained on
     eval_batch_size: int = 32
     num_workers: int = 2  # reading a batch from mapped shards takes ~1 ms: two workers keep any GPU fed
     device: str = "cpu"
@@ -56,7 +57,7 @@ class PreferenceTrainConfig:
         for name in ("snapshot_url", "init_uri", "out_url"):
             if not getattr(self, name):
                 raise InvalidRequest(f"{name} is required")
-        for name in ("epochs", "batch_size", "min_pairs", "max_frames", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "min_pairs", "window_frames", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise InvalidRequest(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:

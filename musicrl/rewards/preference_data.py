@@ -172,20 +172,20 @@ class PairBatch:
 class PairDataset(Dataset[tuple[str, torch.Tensor, torch.Tensor, float]]):
     """Pair i → (prompt, codes of A int64 [K, T], codes of B int64 [K, T], label), read from mapped shards.
 
+    Clips come whole, whatever their length: the model scores a long one on its first and last window.
+
     Args:
         pairs: The split's pairs.
         codes: The snapshot's packed codes.
-        max_frames: Clips are cut to their first this-many frames.
     """
 
-    def __init__(self, pairs: PreferencePairs, codes: PackedCodes, max_frames: int) -> None:
+    def __init__(self, pairs: PreferencePairs, codes: PackedCodes) -> None:
         self.split = pairs.split
         self.prompts = pairs.table["prompt"].combine_chunks()  # Arrow: forked workers share it, no refcounts
         self.rows_a = codes.rows_of(pairs.table["clip_a_id"].combine_chunks())  # int32 [N]
         self.rows_b = codes.rows_of(pairs.table["clip_b_id"].combine_chunks())  # int32 [N]
         self.labels = pairs.labels  # float32 [N]
         self.codes = codes
-        self.max_frames = max_frames
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -197,7 +197,7 @@ class PairDataset(Dataset[tuple[str, torch.Tensor, torch.Tensor, float]]):
 
     def _grid(self, row: int) -> torch.Tensor:
         # the copy out of the map is the only one: int16 → int64, for the decoder's embedding lookup
-        return torch.from_numpy(self.codes.grid(row)[:, : self.max_frames].astype(np.int64))  # [K, T]
+        return torch.from_numpy(self.codes.grid(row).astype(np.int64))  # [K, T]
 
 
 def collate_pairs(items: Sequence[tuple[str, torch.Tensor, torch.Tensor, float]]) -> PairBatch:

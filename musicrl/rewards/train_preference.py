@@ -205,8 +205,7 @@ def _datasets(config: PreferenceTrainConfig, model: PreferenceRewardModel) -> di
     """The three splits' pairs over the snapshot's packed codes, checked against the model's K and V."""
     splits = _read_splits(config)
     codes = open_codes(config.snapshot_url, splits, num_codebooks=model.num_codebooks, vocab_size=model.vocab_size)
-    max_frames = min(config.max_frames, model.max_frames)
-    return {pairs.split: PairDataset(pairs, codes, max_frames) for pairs in splits}
+    return {pairs.split: PairDataset(pairs, codes) for pairs in splits}
 
 
 def _trainable_state(model: PreferenceRewardModel) -> dict[str, torch.Tensor]:
@@ -228,7 +227,9 @@ def train_preference(config: PreferenceTrainConfig) -> PreferenceTrainResult:
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = PreferenceRewardModel.from_policy(config.init_uri, device=config.device)
+    model = PreferenceRewardModel.from_policy(
+        config.init_uri, device=config.device, window_frames=config.window_frames
+    )
     data = _datasets(config, model)
     train, validation, test = data["train"], data["validation"], data["test"]
     params = model.set_trainable(text_encoder=not config.freeze_text_encoder)

@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -201,3 +203,42 @@ def test_a_preference_checkpoint_cannot_be_loaded_as_a_policy(trained_like, tmp_
     trained_like.save(str(tmp_path / "preference"), {})
     with pytest.raises(IncompatibleModel):
         load_musicgen(str(tmp_path / "preference"))
+
+
+# clips longer than the window
+
+
+def _windowed(model: PreferenceRewardModel, window_frames: int) -> PreferenceRewardModel:
+    """``model``'s weights, scoring clips on windows of ``window_frames`` frames."""
+    return PreferenceRewardModel(model.backbone, model.tokenizer, model.head, window_frames=window_frames)
+
+
+def test_a_clip_longer_than_the_window_scores_the_mean_of_its_first_and_last_window(trained_like):
+    model = _windowed(trained_like, 20)
+    long, short = _codes(20, 30), _codes(21, 20)
+    scores = model.score_codes(["calm", "calm", "calm", "rock"], [long, long[:, :20], long[:, -20:], short])
+    torch.testing.assert_close(scores[0], (scores[1] + scores[2]) / 2, rtol=1e-5, atol=1e-6)
+    alone = model.score_codes(["rock"], [short])  # exactly the window: one window, the plain score
+    torch.testing.assert_close(scores[3:], alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(alone, trained_like.score_codes(["rock"], [short]), rtol=1e-5, atol=1e-6)
+
+
+def test_a_clip_longer_than_the_decoders_positions_is_windowed_and_says_so(caplog):
+    model = PreferenceRewardModel.from_policy(f"{TINY_MUSICGEN_URI}&max_position_embeddings=64")
+    assert (model.max_frames, model.window_frames) == (60, 60)  # 64 positions less the 4-step delay
+    with caplog.at_level(logging.INFO, logger="musicrl.rewards.preference"):
+        scores = PreferenceReward(model).score(ClipBatch(prompts=["long"], codes=[_codes(22, 100)]))
+    assert scores.shape == (1,) and np.isfinite(scores).all()  # no refusal, no index error past position 64
+    assert "a clip of 100 frames is longer than the 60-frame window" in caplog.text
+    assert "first and last 60 frames" in caplog.text
+
+
+def test_the_window_is_saved_with_the_head(trained_like, tmp_path):
+    model = _windowed(trained_like, 20)
+    model.save(str(tmp_path / "rm"), {})
+    loaded = load_preference(str(tmp_path / "rm"))
+    assert loaded.window_frames == 20
+    clip = [_codes(23, 45)]
+    torch.testing.assert_close(loaded.score_codes(["x"], clip), model.score_codes(["x"], clip))
+    with pytest.raises(InvalidRequest, match="window_frames must be >= 1"):
+        _windowed(trained_like, 0)

@@ -64,6 +64,8 @@ def test_pair_accuracy_counts_decisive_pairs_and_half_for_equal_rewards():
         ({"ties": "keep"}, "ties must be one of"),
         ({"grad_clip": float("nan")}, "grad_clip must be >= 0"),
         ({"out_url": ""}, "out_url is required"),
+        ({"window_frames": 0}, "window_frames must be >= 1"),
+        ({"num_workers": -1}, "num_workers must be >= 0"),
     ],
 )
 def test_config_refuses_bad_values(overrides, message, tmp_path):
@@ -171,6 +173,13 @@ def test_training_writes_metrics_plot_and_a_loadable_checkpoint(tmp_path):
     assert differing_tensors(model.backbone.text_encoder, policy.text_encoder) == []  # frozen by default
     if result.best_epoch:  # the saved epoch trained the decoder
         assert differing_tensors(model.backbone.decoder.model.decoder, policy.decoder.model.decoder)
+
+
+def test_clips_longer_than_the_window_train_on_both_ends_and_the_window_is_saved(tmp_path):
+    snapshot = random_codes_snapshot(tmp_path, frames=10)
+    result = train_preference(_config(snapshot.url, tmp_path / "out", epochs=1, window_frames=8))  # every clip: 2
+    assert json.loads((tmp_path / "out" / "preference_head.json").read_text())["window_frames"] == 8
+    assert load_preference(result.uri).window_frames == 8
 
 
 def test_unfreezing_the_text_encoder_trains_it(tmp_path):
