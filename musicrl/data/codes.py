@@ -1,4 +1,4 @@
-"""A snapshot's clip codes packed into a few int16 shards: fetched once at snapshot time, memory-mapped to train.
+"""A snapshot's clip codes packed into a few int16 shards: fetched once at snapshot time, streamed to train.
 
 The clip store keeps one ``.codes.npy`` (int64 [K, T]) per clip. Reading those per training run is one GET
 per clip and eight bytes per code: at the paper's 300k pairs, 600k sequential GETs and ~19 GB of RAM. A
@@ -11,8 +11,9 @@ checks it, and appends it to flat int16 shards::
 int16 holds every EnCodec codebook (MusicGen's have 2048 entries, int16 reaches 32767), a quarter of the
 int64 bytes; a value that does not fit is refused with a sentence rather than wrapped. Clips are packed in
 clip-id order, so the same clips give the same bytes: the snapshot stays content-addressed. A trainer opens
-the index (a few numbers per clip) and maps the shards, so the codes it holds in memory are the batch it is
-reading, and :class:`PackedCodes` pickles without its maps, so every DataLoader worker maps the shards itself.
+the index (a few numbers per clip) and reads each clip's bytes from its shard when a batch asks for it, so
+the codes it holds in memory are the batch it is reading; :class:`PackedCodes` pickles without its open
+files, so every DataLoader worker opens the shards itself.
 """
 
 import collections
@@ -41,7 +42,8 @@ logger = logging.getLogger(__name__)
 CODES_DIR = "codes"
 INDEX_FILE = f"{CODES_DIR}/index.parquet"
 CODES_DTYPE = np.dtype(np.int16)
-DEFAULT_SHARD_BYTES = 256 * 2**20  # 256 MiB: ~30 shards for the paper's 600k clips of 30 s, one GET each
+# 64 MiB: ~110 shards for the paper's 600k clips of 30 s (one GET each), and a snapshot holds ~3 while writing one
+DEFAULT_SHARD_BYTES = 64 * 2**20
 FETCH_THREADS = 16  # GETs in flight: object-store reads are latency-bound, and 16 × 50 KB files is nothing to hold
 INDEX_SCHEMA = pa.schema(
     [
@@ -267,7 +269,11 @@ class _Index:
 
 
 class PackedCodes:
-    """The packed codes of a snapshot: look a clip up by row, get its grid as a view of a memory-mapped shard.
+    """The packed codes of a snapshot: look a clip up by row, read its grid from its shard.
+
+    A grid is read with one ``pread`` of its bytes, not through a memory map: an epoch touches every page
+    of the shards, and mapped pages count in the process's resident memory, while read pages stay in the
+    page cache, shared by the workers and the next epoch and dropped first when memory runs short.
 
     Args:
         index: The index table (:data:`INDEX_SCHEMA`).
@@ -279,7 +285,7 @@ class PackedCodes:
         numbers = {name: columns[name].to_numpy(zero_copy_only=False) for name in INDEX_SCHEMA.names[2:]}
         self._index = _Index(clip_ids=columns["clip_id"], codes_uris=columns["codes_uri"], **numbers)
         self.shard_paths = list(shard_paths)
-        self._maps: dict[int, np.ndarray] = {}
+        self._files: dict[int, tuple[int, int]] = {}  # shard → (file descriptor, offset of its data)
         self._codes = int(
             pc.sum(pc.multiply(pc.cast(index["num_codebooks"], pa.int64()), index["frames"])).as_py() or 0
         )
@@ -293,7 +299,7 @@ class PackedCodes:
             cache_dir: Local folder for copies of remote shards (default: a new temporary folder).
 
         Returns:
-            The codes, with no shard mapped yet.
+            The codes, with no shard open yet.
 
         Raises:
             InvalidRequest: The snapshot has no packed codes.
@@ -317,8 +323,9 @@ class PackedCodes:
         return len(self._index.shard)
 
     def __getstate__(self) -> dict[str, Any]:
-        # a DataLoader worker maps the shards itself: maps do not pickle, and a fork shares the pages anyway
-        return {"_index": self._index, "shard_paths": self.shard_paths, "_maps": {}, "_codes": self._codes}
+        # a spawned DataLoader worker opens the shards itself: descriptors do not pickle (forked ones may share
+        # them: pread takes its own offset and moves no shared file position)
+        return {"_index": self._index, "shard_paths": self.shard_paths, "_files": {}, "_codes": self._codes}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
@@ -342,13 +349,37 @@ class PackedCodes:
         return str(self._index.codes_uris[row].as_py())
 
     def grid(self, row: int) -> np.ndarray:
-        """The codes of the clip at ``row``: int16 [K, T], a read-only view of its mapped shard."""
+        """The codes of the clip at ``row``: int16 [K, T], read from its shard into an array of its own."""
         index = self._index
-        shard = int(index.shard[row])
-        if shard not in self._maps:
-            self._maps[shard] = np.load(self.shard_paths[shard], mmap_mode="r", allow_pickle=False)
-        start, shape = int(index.offset[row]), (int(index.num_codebooks[row]), int(index.frames[row]))
-        return self._maps[shard][start : start + shape[0] * shape[1]].reshape(shape)  # [K, T]
+        fd, data_offset = self._file(int(index.shard[row]))
+        shape = (int(index.num_codebooks[row]), int(index.frames[row]))
+        size = shape[0] * shape[1] * CODES_DTYPE.itemsize
+        data = os.pread(fd, size, data_offset + int(index.offset[row]) * CODES_DTYPE.itemsize)
+        if len(data) != size:
+            raise InvalidRequest(f"{self.shard_paths[int(index.shard[row])]} ends early: the shard is truncated")
+        return np.frombuffer(data, dtype=CODES_DTYPE).reshape(shape)  # [K, T]
+
+    def _file(self, shard: int) -> tuple[int, int]:
+        if shard not in self._files:
+            path = self.shard_paths[shard]
+            with open(path, "rb") as f:  # the .npy header: where the data starts, and that it is int16 [N]
+                version = np.lib.format.read_magic(f)
+                shape, _, dtype = (
+                    np.lib.format.read_array_header_1_0(f)
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0(f)
+                )
+                data_offset = f.tell()
+            if dtype != CODES_DTYPE or len(shape) != 1:
+                raise InvalidRequest(f"{path} holds {dtype} {shape}, not the int16 [N] of a code shard")
+            self._files[shard] = (os.open(path, os.O_RDONLY), data_offset)
+        return self._files[shard]
+
+    def close(self) -> None:
+        """Close the shard files this process opened (they reopen on the next read)."""
+        for fd, _ in self._files.values():
+            os.close(fd)
+        self._files.clear()
 
     def check(self, rows: np.ndarray, num_codebooks: int, vocab_size: int) -> None:
         """Refuse clips the policy cannot read, naming the first one's codes URI, from the index alone.

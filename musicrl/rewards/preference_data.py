@@ -5,7 +5,7 @@ answer, with ``choice`` (a|b|tie|none), ``label`` (1.0 A won, 0.0 B won, 0.5 tie
 ids and codes URIs. Answers of ``none`` order nothing and are always dropped; ties either stay as soft
 targets (0.5) or are dropped.
 
-The codes come from the snapshot's packed int16 shards (:mod:`musicrl.data.codes`), memory-mapped: a
+The codes come from the snapshot's packed int16 shards (:mod:`musicrl.data.codes`), read clip by clip: a
 :class:`PairDataset` keeps a few numbers per pair (Arrow and NumPy arrays, which forked DataLoader workers
 share without copying) and reads a pair's two grids only when a batch asks for them, so memory follows the
 batch, not the number of pairs.
@@ -156,21 +156,37 @@ def open_codes(
 class PairBatch:
     """A batch of pairs as the trainer feeds them to the model.
 
+    The clips travel as one tensor, so a DataLoader worker hands the batch over in a few shared-memory
+    tensors rather than two per pair (which cost more than reading the codes).
+
     Attributes:
         prompts: B prompts.
-        codes_a: B grids of clip A, int64 [K, T_b].
-        codes_b: B grids of clip B, int64 [K, T_b].
+        codes: Every clip's codes end to end in time, clips A of the batch then clips B, int64 [K, ΣT].
+        frames: Each clip's T, A clips then B clips, int64 [2B].
         labels: P(A ≻ B) targets, float32 [B].
     """
 
     prompts: list[str]
-    codes_a: list[torch.Tensor]
-    codes_b: list[torch.Tensor]
+    codes: torch.Tensor
+    frames: torch.Tensor
     labels: torch.Tensor
 
+    @property
+    def codes_a(self) -> list[torch.Tensor]:
+        """B grids of clip A, int64 [K, T_b] (views of :attr:`codes`)."""
+        return list(self._clips()[: len(self.prompts)])
 
-class PairDataset(Dataset[tuple[str, torch.Tensor, torch.Tensor, float]]):
-    """Pair i → (prompt, codes of A int64 [K, T], codes of B int64 [K, T], label), read from mapped shards.
+    @property
+    def codes_b(self) -> list[torch.Tensor]:
+        """B grids of clip B, int64 [K, T_b] (views of :attr:`codes`)."""
+        return list(self._clips()[len(self.prompts) :])
+
+    def _clips(self) -> tuple[torch.Tensor, ...]:
+        return torch.split(self.codes, self.frames.tolist(), dim=-1)  # 2B views [K, T_b]
+
+
+class PairDataset(Dataset[tuple[str, np.ndarray, np.ndarray, float]]):
+    """Pair i → (prompt, codes of A int16 [K, T], codes of B int16 [K, T], label), read from the shards.
 
     Clips come whole, whatever their length: the model scores a long one on its first and last window.
 
@@ -190,20 +206,20 @@ class PairDataset(Dataset[tuple[str, torch.Tensor, torch.Tensor, float]]):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[str, torch.Tensor, torch.Tensor, float]:
+    def __getitem__(self, index: int) -> tuple[str, np.ndarray, np.ndarray, float]:
         index = int(index)  # the loader passes NumPy integers from the trainer's permutation
-        a, b = (self._grid(int(rows[index])) for rows in (self.rows_a, self.rows_b))
+        a, b = (self.codes.grid(int(rows[index])) for rows in (self.rows_a, self.rows_b))
         return str(self.prompts[index].as_py()), a, b, float(self.labels[index])
 
-    def _grid(self, row: int) -> torch.Tensor:
-        # the copy out of the map is the only one: int16 → int64, for the decoder's embedding lookup
-        return torch.from_numpy(self.codes.grid(row).astype(np.int64))  # [K, T]
 
-
-def collate_pairs(items: Sequence[tuple[str, torch.Tensor, torch.Tensor, float]]) -> PairBatch:
+def collate_pairs(items: Sequence[tuple[str, np.ndarray, np.ndarray, float]]) -> PairBatch:
     """Gather :class:`PairDataset` items into a :class:`PairBatch` (clips keep their own lengths)."""
-    prompts, codes_a, codes_b, labels = zip(*items, strict=True)
-    return PairBatch(list(prompts), list(codes_a), list(codes_b), torch.tensor(labels, dtype=torch.float32))
+    prompts, grids_a, grids_b, labels = zip(*items, strict=True)
+    grids = [*grids_a, *grids_b]
+    # int16 → int64 once per batch, in the worker, for the decoder's embedding lookup
+    codes = torch.from_numpy(np.concatenate(grids, axis=1).astype(np.int64))  # [K, ΣT]
+    frames = torch.tensor([grid.shape[1] for grid in grids], dtype=torch.int64)  # [2B]
+    return PairBatch(list(prompts), codes, frames, torch.tensor(labels, dtype=torch.float32))
 
 
 def pair_loader(

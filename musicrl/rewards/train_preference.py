@@ -226,19 +226,45 @@ def train_preference(config: PreferenceTrainConfig) -> PreferenceTrainResult:
             codes or codes out of the policy's vocabulary.
     """
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     model = PreferenceRewardModel.from_policy(
         config.init_uri, device=config.device, window_frames=config.window_frames
     )
     data = _datasets(config, model)
     train, validation, test = data["train"], data["validation"], data["test"]
+    initial, log, best_epoch = _fit(model, train, validation, config)
+    # the test split is scored once, on the model already chosen: nothing above has seen it
+    tested = evaluate(model, test, config.eval_batch_size, num_workers=config.num_workers)
+    logger.info("kept epoch %d: test accuracy %.3f on %d pairs", best_epoch, tested["test/accuracy"], len(test))
+    metrics = _final_metrics(log.history, best_epoch, initial, tested, (len(train), len(validation), len(test)))
+    plot_url = plot_training_curve(
+        log.history, initial, join_url(config.out_url, PLOT_FILE), best_epoch=best_epoch, test=tested
+    )
+    uri = model.save(config.out_url, metrics, training_run=config.training_run or _run_id())  # musicrl.json last
+    return PreferenceTrainResult(
+        uri=uri,
+        best_epoch=best_epoch,
+        metrics=metrics,
+        history=copy.deepcopy(log.history),
+        metrics_url=join_url(config.out_url, METRICS_FILE),
+        plot_url=plot_url,
+    )
+
+
+def _fit(
+    model: PreferenceRewardModel, train: PairDataset, validation: PairDataset, config: PreferenceTrainConfig
+) -> tuple[dict[str, float], MetricsLog, int]:
+    """Train for ``config.epochs`` and leave the model at its best validation epoch (0: untrained).
+
+    Returns:
+        The untrained model's validation metrics, the per-epoch log and the epoch kept.
+    """
+    rng = np.random.default_rng(config.seed)
     params = model.set_trainable(text_encoder=not config.freeze_text_encoder)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     logger.info(
-        "training the preference reward on %d pairs (validation %d, test %d), %.2fM trainable parameters",
+        "training the preference reward on %d pairs (validation %d), %.2fM trainable parameters",
         len(train),
         len(validation),
-        len(test),
         sum(p.numel() for p in params) / 1e6,
     )
     held_out = {"batch_size": config.eval_batch_size, "num_workers": config.num_workers}
@@ -257,22 +283,7 @@ def train_preference(config: PreferenceTrainConfig) -> PreferenceTrainResult:
             best_accuracy, best_epoch, best_state = row["validation/accuracy"], epoch, _trainable_state(model)
     unexpected = model.load_state_dict(best_state, strict=False).unexpected_keys  # only the trained tensors
     assert not unexpected, unexpected  # names come from this model's own named_parameters
-    # the test split is scored once, on the model already chosen: nothing above has seen it
-    tested = evaluate(model, test, **held_out)
-    logger.info("kept epoch %d: test accuracy %.3f on %d pairs", best_epoch, tested["test/accuracy"], len(test))
-    metrics = _final_metrics(log.history, best_epoch, initial, tested, (len(train), len(validation), len(test)))
-    plot_url = plot_training_curve(
-        log.history, initial, join_url(config.out_url, PLOT_FILE), best_epoch=best_epoch, test=tested
-    )
-    uri = model.save(config.out_url, metrics, training_run=config.training_run or _run_id())  # musicrl.json last
-    return PreferenceTrainResult(
-        uri=uri,
-        best_epoch=best_epoch,
-        metrics=metrics,
-        history=copy.deepcopy(log.history),
-        metrics_url=join_url(config.out_url, METRICS_FILE),
-        plot_url=plot_url,
-    )
+    return initial, log, best_epoch
 
 
 def _final_metrics(

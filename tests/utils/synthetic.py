@@ -336,13 +336,21 @@ def clip_codes(clip_id: str, *, frames: int, num_codebooks: int = 4, vocab_size:
 
 
 def many_pairs_snapshot(
-    root: Path, pairs: int, *, frames: int = 50, num_codebooks: int = 4, files: bool = False, seed: int = 0
+    root: Path,
+    pairs: int,
+    *,
+    frames: int = 50,
+    num_codebooks: int = 4,
+    files: bool = False,
+    pack: bool = True,
+    seed: int = 0,
 ) -> str:
     """A training split of ``pairs`` pairs of fresh clips (two per pair, as the platform serves them), packed.
 
     Built column by column and packed straight from :func:`clip_codes`, so 100k pairs take seconds; no model
     runs and no audio exists. With ``files`` each clip's codes are also written to the clip store as the
-    gateway writes them (int64 ``.npy``), for the per-file reader to be compared with.
+    gateway writes them (int64 ``.npy``), for the per-file reader to be compared with; without ``pack`` the
+    snapshot has no packed codes (pack them from those files, as a snapshot does).
 
     Returns:
         The snapshot folder (``preferences_train.parquet`` with every pair, empty validation and test).
@@ -381,6 +389,8 @@ def many_pairs_snapshot(
     snapshot.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         pq.write_table(table if split == "train" else table.slice(0, 0), snapshot / f"preferences_{split}.parquet")
+    if not pack:
+        return str(snapshot)
     clips = distinct_clips([table])
     ordered = clips["clip_id"].to_pylist()
     grids = (clip_codes(c, frames=frames, num_codebooks=num_codebooks) for c in ordered)

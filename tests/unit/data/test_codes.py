@@ -168,7 +168,9 @@ def test_fetches_run_in_parallel_but_never_more_than_the_threads_allowed(tmp_pat
     assert [int(packed.grid(i)[0, 0]) for i in range(40)] == list(range(40))  # in order despite the threads
 
 
-def test_shards_on_an_object_store_are_copied_locally_and_the_codes_pickle_without_maps(tmp_path, memory_filesystem):
+def test_shards_on_an_object_store_are_copied_locally_and_the_codes_pickle_without_open_files(
+    tmp_path, memory_filesystem
+):
     np.save(tmp_path / "a.npy", np.arange(12, dtype=np.int64).reshape(3, 4))
     np.save(tmp_path / "b.npy", np.arange(6, dtype=np.int64).reshape(3, 2))
     clips = pa.table({"clip_id": ["a", "b"], "codes_uri": [str(tmp_path / "a.npy"), str(tmp_path / "b.npy")]})
@@ -177,7 +179,7 @@ def test_shards_on_an_object_store_are_copied_locally_and_the_codes_pickle_witho
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["codes-00000.npy", "codes-00001.npy"]
     np.testing.assert_array_equal(packed.grid(1), np.arange(6).reshape(3, 2))
     copy = pickle.loads(pickle.dumps(packed))  # as a DataLoader worker started by spawn receives it
-    assert copy._maps == {} and packed._maps  # the map stays behind; the copy maps the shard itself
+    assert copy._files == {} and packed._files  # the descriptor stays behind; the copy opens the shard itself
     np.testing.assert_array_equal(copy.grid(0), np.arange(12).reshape(3, 4))
     with pytest.raises(InvalidRequest, match="clip c is not among the snapshot's packed codes"):
         packed.rows_of(["a", "c"])

@@ -319,7 +319,7 @@ def test_cli_flags_reach_the_snapshot(dataset, tmp_path, caplog, capsys):
         "test_fraction": 0.1,
         "split_salt": "musicrl",
         "consolidate_codes": False,
-        "codes_shard_bytes": 256 * 2**20,
+        "codes_shard_bytes": 64 * 2**20,
     }
     assert manifest["codes"] is None
     assert str(folder) in caplog.text
