@@ -19,6 +19,7 @@ from musicrl.config import SamplingParams
 from musicrl.errors import InvalidRequest
 from musicrl.rewards.mixture import MixtureConfig, MixtureTerm, Normalization
 from musicrl.rewards.registry import REWARD_KINDS
+from musicrl.rl.compute import ComputeConfig
 
 
 class ValueLayout(enum.StrEnum):
@@ -114,6 +115,7 @@ class RLConfig:
         out_url: The run's folder.
         seed: Seed of prompt sampling and rollouts.
         device: Torch device.
+        compute: Precision, activation checkpointing and chunking of the RL step's passes.
     """
 
     stage: str
@@ -133,6 +135,7 @@ class RLConfig:
     checkpoint_every: int = 100
     seed: int = 0
     device: str = "cpu"
+    compute: ComputeConfig = field(default_factory=ComputeConfig)  # fused chunks; bf16 on CUDA only
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.alpha) and 0.0 <= self.alpha <= 1.0):
@@ -187,6 +190,8 @@ class RLConfig:
                 data["sampling"] = SamplingParams(**data["sampling"])
             if "optim" in data:
                 data["optim"] = OptimConfig(**data["optim"])
+            if "compute" in data:
+                data["compute"] = ComputeConfig(**data["compute"])
             if "value" in data:
                 data["value"] = ValueLayout(data["value"])
             if data.get("held_out"):

@@ -37,7 +37,6 @@ from musicrl.rl.distributed import Topology, barrier, close_distributed, init_di
 from musicrl.rl.metrics import MetricsBuffer, MetricsLog
 from musicrl.rl.objective_module import RLObjective, StepInputs, StepOutput
 from musicrl.rl.plots import plot_run
-from musicrl.rl.policy import guided_pass
 from musicrl.rl.rollout import Rollout, sample_rollouts
 from musicrl.rl.value import SeparateValueModel, ValueHead
 
@@ -112,7 +111,7 @@ class RLTrainer:
         # value_coef weighs the value loss against the policy's where both move one trunk; a separate value
         # model has its own optimiser and clip, so a weight there would only rescale its gradients
         value_coef = config.optim.value_coef if config.value is ValueLayout.SHARED else 1.0
-        objective = RLObjective(policy.model, value, config.sampling, config.alpha, value_coef)
+        objective = RLObjective(policy.model, value, config.sampling, config.alpha, value_coef, compute=config.compute)
         rewards = RewardMixture(
             {r.reward: _build_reward(r.reward, r.uri, config) for r in config.rewards}, config.mixture()
         )
@@ -189,8 +188,9 @@ class RLTrainer:
             ref_states, ref_mask = encode_prompts(
                 self.reference.model, self.reference.tokenizer, rollout.prompts, MAX_PROMPT_TOKENS
             )
-            reference = guided_pass(self.reference.model, rollout.grid, ref_states, ref_mask, self.config.sampling)
-        return StepInputs(rollout.grid, rollout.token_mask, states, mask, reference.logits, rewards.float())
+            # the reference's guided states, not its [B, K, P, V] logits: the fused loss makes logits per chunk
+            reference = self.objective.reference_states(self.reference.model, rollout.grid, ref_states, ref_mask)
+        return StepInputs(rollout.grid, rollout.token_mask, states, mask, reference, rewards.float())
 
     def _record(
         self,

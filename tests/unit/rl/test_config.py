@@ -59,6 +59,7 @@ def _minimal(**overrides):
         ({"held_out": {"reward": "low-codes", "uri": "x", "max_drop": -0.1}}, "held_out.max_drop must be"),
         ({"value": "tiny"}, "malformed RL config"),
         ({"lr": 3}, "unknown RL config keys \\['lr'\\]"),
+        ({"compute": {"fuse": True}}, "malformed RL config"),
     ],
 )
 def test_bad_configs_are_refused_with_a_sentence(overrides, message):
@@ -69,6 +70,9 @@ def test_bad_configs_are_refused_with_a_sentence(overrides, message):
 def test_a_config_round_trips_through_its_plain_form():
     config = RLConfig.from_wire(_minimal(held_out={"reward": "low-codes", "uri": "analytic://low-codes"}))
     assert RLConfig.from_wire(config.to_wire()) == config
+    tuned = RLConfig.from_wire(_minimal(compute={"checkpoint_decoder": True, "chunk_positions": 16}))
+    assert tuned.compute.checkpoint_decoder and tuned.compute.chunk_positions == 16
+    assert RLConfig.from_wire(tuned.to_wire()) == tuned
 
 
 def test_unreadable_files_are_refused(tmp_path):
