@@ -21,7 +21,7 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -177,7 +177,7 @@ def pack_codes(
             :func:`distinct_clips`).
         dest_url: The snapshot folder; the files go under its ``codes/``.
         shard_bytes: Most bytes of codes per shard.
-        threads: GETs in flight at once.
+        threads: GETs in flight at once from an object store (a local clip store is read in order).
 
     Returns:
         The manifest's ``codes`` entry: clips, codes, bytes, dtype and the files written (index last).
@@ -191,10 +191,14 @@ def pack_codes(
             f"clip {missing['clip_id'][0].as_py()} has no codes_uri, so its codes cannot be packed; "
             "take the snapshot with consolidate_codes false (--consolidate-codes false) to leave codes out"
         )
-    uris = clips["codes_uri"].to_pylist()
+    uris, ids = clips["codes_uri"].to_pylist(), clips["clip_id"].to_pylist()
+    # the clips share one store, so the first one tells; a local read is CPU work, not waiting, and threads
+    # would only take turns on the GIL (measured: no faster, and 3x slower on a busy machine)
+    if threads == 1 or not uris or isinstance(fsspec.core.url_to_fs(uris[0])[0], LocalFileSystem):
+        return write_packed(ids, uris, map(read_codes_file, uris), dest_url, shard_bytes=shard_bytes)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="codes-fetch") as pool:
         grids = _fetched(pool, uris, window=4 * threads)
-        return write_packed(clips["clip_id"].to_pylist(), uris, grids, dest_url, shard_bytes=shard_bytes)
+        return write_packed(ids, uris, grids, dest_url, shard_bytes=shard_bytes)
 
 
 def write_packed(
@@ -259,7 +263,6 @@ class _Index:
     """The index's columns as NumPy arrays (a few numbers per clip)."""
 
     clip_ids: pa.Array  # string [C]: Arrow, so forked workers share its pages (no per-item refcounts)
-    codes_uris: pa.Array  # string [C]
     shard: np.ndarray  # int32 [C]
     offset: np.ndarray  # int64 [C]
     num_codebooks: np.ndarray  # int32 [C]
@@ -275,16 +278,22 @@ class PackedCodes:
     of the shards, and mapped pages count in the process's resident memory, while read pages stay in the
     page cache, shared by the workers and the next epoch and dropped first when memory runs short.
 
+    The clips' codes URIs stay in the index file (read again to name a clip in an error), so what a
+    trainer holds per clip is its id and six numbers.
+
     Args:
-        index: The index table (:data:`INDEX_SCHEMA`).
+        index: The index table (:data:`INDEX_SCHEMA`, ``codes_uri`` not needed).
         shard_paths: Local paths of the shards, by shard number.
+        index_url: Where the index file is.
     """
 
-    def __init__(self, index: pa.Table, shard_paths: Sequence[str]) -> None:
-        columns = {name: index[name].combine_chunks() for name in INDEX_SCHEMA.names}
-        numbers = {name: columns[name].to_numpy(zero_copy_only=False) for name in INDEX_SCHEMA.names[2:]}
-        self._index = _Index(clip_ids=columns["clip_id"], codes_uris=columns["codes_uri"], **numbers)
+    def __init__(self, index: pa.Table, shard_paths: Sequence[str], index_url: str) -> None:
+        numbers = {
+            name: index[name].combine_chunks().to_numpy(zero_copy_only=False) for name in INDEX_SCHEMA.names[2:]
+        }
+        self._index = _Index(clip_ids=index["clip_id"].combine_chunks(), **numbers)
         self.shard_paths = list(shard_paths)
+        self.index_url = index_url
         self._files: dict[int, tuple[int, int]] = {}  # shard → (file descriptor, offset of its data)
         self._codes = int(
             pc.sum(pc.multiply(pc.cast(index["num_codebooks"], pa.int64()), index["frames"])).as_py() or 0
@@ -307,17 +316,18 @@ class PackedCodes:
         fs, index_path = fsspec.core.url_to_fs(join_url(snapshot_url, INDEX_FILE))
         if not fs.exists(index_path):
             raise InvalidRequest(f"{snapshot_url} has no packed codes ({INDEX_FILE})")
-        with parquet_file(join_url(snapshot_url, INDEX_FILE)) as f:
-            index = f.read().cast(INDEX_SCHEMA)
+        index_url = join_url(snapshot_url, INDEX_FILE)
+        with parquet_file(index_url) as f:
+            index = f.read(columns=[name for name in INDEX_SCHEMA.names if name != "codes_uri"])
         shards = int(pc.max(index["shard"]).as_py()) + 1 if index.num_rows else 0
         urls = [join_url(snapshot_url, shard_name(s)) for s in range(shards)]
         if isinstance(fs, LocalFileSystem):
-            return cls(index, [fsspec.core.url_to_fs(url)[1] for url in urls])
+            return cls(index, [fsspec.core.url_to_fs(url)[1] for url in urls], index_url)
         local = cache_dir or tempfile.mkdtemp(prefix="musicrl-codes-")
         paths = [os.path.join(local, os.path.basename(url)) for url in urls]
         logger.info("copying %d code shards of %s to %s", shards, snapshot_url, local)
         fs.get([fsspec.core.url_to_fs(url)[1] for url in urls], paths)  # fsspec fetches them concurrently
-        return cls(index, paths)
+        return cls(index, paths, index_url)
 
     def __len__(self) -> int:
         return len(self._index.shard)
@@ -325,7 +335,10 @@ class PackedCodes:
     def __getstate__(self) -> dict[str, Any]:
         # a spawned DataLoader worker opens the shards itself: descriptors do not pickle (forked ones may share
         # them: pread takes its own offset and moves no shared file position)
-        return {"_index": self._index, "shard_paths": self.shard_paths, "_files": {}, "_codes": self._codes}
+        return {
+            **{name: getattr(self, name) for name in ("_index", "shard_paths", "index_url", "_codes")},
+            "_files": {},
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
@@ -345,8 +358,9 @@ class PackedCodes:
         return rows.to_numpy(zero_copy_only=False)  # int32: an index holds fewer than 2^31 clips
 
     def codes_uri(self, row: int) -> str:
-        """Where the clip at ``row`` was fetched from."""
-        return str(self._index.codes_uris[row].as_py())
+        """Where the clip at ``row`` was fetched from (read from the index file: for messages, not for loops)."""
+        with parquet_file(self.index_url) as f:
+            return str(f.read(columns=["codes_uri"])["codes_uri"][row].as_py())
 
     def grid(self, row: int) -> np.ndarray:
         """The codes of the clip at ``row``: int16 [K, T], read from its shard into an array of its own."""
@@ -413,12 +427,15 @@ class PackedCodes:
         return {"clips": len(self), "shards": len(self.shard_paths), "codes": self._codes}
 
 
-def packed_or_packing(snapshot_url: str, clips: pa.Table, *, cache_dir: str | None = None) -> PackedCodes:
-    """The snapshot's packed codes, or, for a snapshot taken without them, ``clips`` packed into ``cache_dir``.
+def packed_or_packing(
+    snapshot_url: str, clips: Callable[[], pa.Table], *, cache_dir: str | None = None
+) -> PackedCodes:
+    """The snapshot's packed codes, or, for a snapshot taken without them, ``clips()`` packed into ``cache_dir``.
 
     Args:
         snapshot_url: The snapshot folder.
-        clips: ``clip_id`` and ``codes_uri`` of the clips to pack if the snapshot has none packed.
+        clips: Returns ``clip_id`` and ``codes_uri`` of the clips to pack; called only if the snapshot has
+            none packed, so a packed snapshot never reads its clips' URIs.
         cache_dir: Where to pack or copy them locally (default: a new temporary folder).
 
     Returns:
@@ -431,12 +448,13 @@ def packed_or_packing(snapshot_url: str, clips: pa.Table, *, cache_dir: str | No
     if fs.exists(index_path):
         return PackedCodes.open(snapshot_url, cache_dir=cache_dir)
     local = cache_dir or tempfile.mkdtemp(prefix="musicrl-codes-")
+    to_pack = clips()
     logger.warning(
         "%s was taken without packed codes: fetching the codes of %d clips into %s for this run "
         "(take snapshots with consolidate_codes true to fetch them once)",
         snapshot_url,
-        clips.num_rows,
+        to_pack.num_rows,
         local,
     )
-    pack_codes(clips, local)
+    pack_codes(to_pack, local)
     return PackedCodes.open(local)

@@ -41,6 +41,9 @@ PAIR_COLUMNS = (
     "clip_a_audio_uri",
     "clip_b_audio_uri",
 )
+# what the preference trainer reads: the clips' URIs are ~70% of a pair's bytes, and packed codes need none
+TRAIN_COLUMNS = ("prompt", "choice", "label", "clip_a_id", "clip_b_id")
+CLIP_COLUMNS = tuple(f"clip_{side}_{what}" for side in "ab" for what in ("id", "codes_uri"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +52,7 @@ class PreferencePairs:
 
     Attributes:
         split: The snapshot split they come from (``train``, ``validation`` or ``test``).
-        table: The kept rows' :data:`PAIR_COLUMNS`.
+        table: The kept rows' columns (:data:`PAIR_COLUMNS` unless :func:`read_pairs` was asked for fewer).
         labels: P(A ≻ B) targets, float32 [N]: 1, 0, or 0.5 for a tie.
         dropped_none: Rows dropped because the listener chose neither clip.
         dropped_ties: Rows dropped because they were ties (``ties="drop"``).
@@ -85,13 +88,14 @@ class PreferencePairs:
         return self.table["clip_b_audio_uri"].to_pylist()
 
 
-def read_pairs(snapshot_url: str, split: str, *, ties: str) -> PreferencePairs:
+def read_pairs(snapshot_url: str, split: str, *, ties: str, columns: Sequence[str] = PAIR_COLUMNS) -> PreferencePairs:
     """Read ``preferences_<split>.parquet`` of a snapshot, dropping ``none`` answers (and ties if asked).
 
     Args:
         snapshot_url: The snapshot folder (local path or fsspec URL).
         split: ``train``, ``validation`` or ``test``.
         ties: ``soft`` keeps ties as label 0.5; ``drop`` drops them.
+        columns: The columns to read; ``choice`` and ``label`` are always read.
 
     Returns:
         The usable pairs.
@@ -102,13 +106,14 @@ def read_pairs(snapshot_url: str, split: str, *, ties: str) -> PreferencePairs:
     if ties not in TIES:
         raise InvalidRequest(f"ties must be one of {TIES}, got {ties!r}")
     url = join_url(snapshot_url, f"preferences_{split}.parquet")
-    table = read_snapshot_table(snapshot_url, f"preferences_{split}", PAIR_COLUMNS)
+    names = tuple(dict.fromkeys([*columns, "choice", "label"]))
+    table = read_snapshot_table(snapshot_url, f"preferences_{split}", names)
     ordered = pc.and_(pc.fill_null(pc.not_equal(table["choice"], "none"), True), pc.is_valid(table["label"]))
-    answered = table.filter(ordered)
-    kept = answered if ties == "soft" else answered.filter(pc.invert(pc.equal(answered["label"], 0.5)))
+    answered = _kept(table, ordered)
+    kept = answered if ties == "soft" else _kept(answered, pc.invert(pc.equal(answered["label"], 0.5)))
     pairs = PreferencePairs(
         split=split,
-        table=kept.combine_chunks(),
+        table=kept,
         labels=kept["label"].to_numpy().astype(np.float32),
         dropped_none=table.num_rows - answered.num_rows,
         dropped_ties=answered.num_rows - kept.num_rows,
@@ -120,36 +125,66 @@ def read_pairs(snapshot_url: str, split: str, *, ties: str) -> PreferencePairs:
     return pairs
 
 
+def _kept(table: pa.Table, mask: pa.ChunkedArray) -> pa.Table:
+    """The rows where ``mask`` holds, as one chunk; no copy when every row does (at scale, most do)."""
+    if pc.all(mask).as_py():
+        return table.combine_chunks()
+    return table.filter(mask).combine_chunks()
+
+
 def _check_labels(labels: np.ndarray, url: str) -> None:
     bad = labels[~np.isin(labels, (0.0, 0.5, 1.0))]
     if bad.size:
         raise InvalidRequest(f"{url} holds labels other than 0, 0.5 and 1, e.g. {float(bad[0])}")
 
 
-def open_codes(
-    snapshot_url: str, splits: Sequence[PreferencePairs], *, num_codebooks: int, vocab_size: int
-) -> PackedCodes:
-    """The packed codes of the snapshot (packed now, locally, if it was taken without), checked for the policy.
+def open_codes(snapshot_url: str, splits: Sequence[PreferencePairs]) -> PackedCodes:
+    """The packed codes of the snapshot, or, for one taken without them, those of ``splits``' clips packed now.
 
     Args:
         snapshot_url: The snapshot folder.
         splits: The pairs whose clips will be read.
-        num_codebooks: K of the policy.
-        vocab_size: V of the policy.
 
     Returns:
         The codes.
 
     Raises:
-        InvalidRequest: A clip is missing from the packed codes, its file is missing (when packing now), or
-            it holds codes the policy cannot read; the message names its codes URI.
+        InvalidRequest: Packing now failed: a clip's codes file is missing or holds no valid codes.
     """
-    codes = packed_or_packing(snapshot_url, distinct_clips([pairs.table for pairs in splits]))
-    for pairs in splits:
-        for side in "ab":
-            codes.check(codes.rows_of(pairs.table[f"clip_{side}_id"].combine_chunks()), num_codebooks, vocab_size)
+
+    def clips() -> pa.Table:  # read only when the snapshot has no packed codes
+        tables = [read_snapshot_table(snapshot_url, f"preferences_{p.split}", CLIP_COLUMNS) for p in splits]
+        return distinct_clips(tables)
+
+    codes = packed_or_packing(snapshot_url, clips)
     logger.info("codes of %(clips)d clips in %(shards)d shards (%(codes)d codes)", codes.summary())
     return codes
+
+
+def pair_datasets(
+    snapshot_url: str, splits: Sequence[PreferencePairs], *, num_codebooks: int, vocab_size: int
+) -> dict[str, "PairDataset"]:
+    """Each split's pairs over the snapshot's codes (:func:`open_codes`), checked for the policy.
+
+    Args:
+        snapshot_url: The snapshot folder.
+        splits: The pairs, one :class:`PreferencePairs` per split.
+        num_codebooks: K of the policy.
+        vocab_size: V of the policy.
+
+    Returns:
+        A :class:`PairDataset` by split name.
+
+    Raises:
+        InvalidRequest: A clip is not among the packed codes, its file is missing (when packing now), or it
+            holds codes the policy cannot read; the message names its codes URI.
+    """
+    codes = open_codes(snapshot_url, splits)
+    datasets = {pairs.split: PairDataset(pairs, codes) for pairs in splits}
+    for dataset in datasets.values():
+        for rows in (dataset.rows_a, dataset.rows_b):
+            codes.check(rows, num_codebooks, vocab_size)  # from the index: no clip is read
+    return datasets
 
 
 @dataclass(frozen=True, slots=True)

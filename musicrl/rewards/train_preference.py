@@ -35,10 +35,11 @@ from musicrl.errors import InvalidRequest
 from musicrl.rewards.preference import PreferenceRewardModel
 from musicrl.rewards.preference_config import PreferenceTrainConfig
 from musicrl.rewards.preference_data import (
+    TRAIN_COLUMNS,
     PairBatch,
     PairDataset,
     PreferencePairs,
-    open_codes,
+    pair_datasets,
     pair_loader,
     read_pairs,
     sequential_batches,
@@ -182,7 +183,7 @@ def _train_epoch(
 
 
 def _read_splits(config: PreferenceTrainConfig) -> tuple[PreferencePairs, PreferencePairs, PreferencePairs]:
-    train = read_pairs(config.snapshot_url, "train", ties=config.ties)
+    train = read_pairs(config.snapshot_url, "train", ties=config.ties, columns=TRAIN_COLUMNS)
     if len(train) < config.min_pairs:
         raise InvalidRequest(
             f"the snapshot {config.snapshot_url} has {len(train)} usable training pairs "
@@ -191,7 +192,7 @@ def _read_splits(config: PreferenceTrainConfig) -> tuple[PreferencePairs, Prefer
         )
     held_out = []
     for split in ("validation", "test"):
-        pairs = read_pairs(config.snapshot_url, split, ties=config.ties)
+        pairs = read_pairs(config.snapshot_url, split, ties=config.ties, columns=TRAIN_COLUMNS)
         if pairs.decisive == 0:
             raise InvalidRequest(
                 f"the snapshot {config.snapshot_url} has no decisive {split} pairs; "
@@ -204,8 +205,7 @@ def _read_splits(config: PreferenceTrainConfig) -> tuple[PreferencePairs, Prefer
 def _datasets(config: PreferenceTrainConfig, model: PreferenceRewardModel) -> dict[str, PairDataset]:
     """The three splits' pairs over the snapshot's packed codes, checked against the model's K and V."""
     splits = _read_splits(config)
-    codes = open_codes(config.snapshot_url, splits, num_codebooks=model.num_codebooks, vocab_size=model.vocab_size)
-    return {pairs.split: PairDataset(pairs, codes) for pairs in splits}
+    return pair_datasets(config.snapshot_url, splits, num_codebooks=model.num_codebooks, vocab_size=model.vocab_size)
 
 
 def _trainable_state(model: PreferenceRewardModel) -> dict[str, torch.Tensor]:

@@ -1,5 +1,6 @@
 """Tests of packed codes: a snapshot fetches each clip's codes once into int16 shards that read back exactly."""
 
+import io
 import json
 import pickle
 import threading
@@ -142,11 +143,15 @@ def test_a_clip_without_a_codes_uri_is_refused_with_the_way_out(tmp_path):
         pack_codes(clips, str(tmp_path / "snapshot"))
 
 
-def test_fetches_run_in_parallel_but_never_more_than_the_threads_allowed(tmp_path, monkeypatch):
-    paths = []
+def test_fetches_from_a_store_run_in_parallel_but_never_more_than_the_threads_allowed(
+    tmp_path, monkeypatch, memory_filesystem
+):
+    uris = []
     for i in range(40):
-        paths.append(tmp_path / f"{i:02d}.codes.npy")
-        np.save(paths[-1], np.full((4, 5), i, dtype=np.int64))
+        uris.append(f"memory://clips/{i:02d}.codes.npy")
+        buffer = io.BytesIO()
+        np.save(buffer, np.full((4, 5), i, dtype=np.int64))
+        memory_filesystem.pipe(uris[-1], buffer.getvalue())
     in_flight, peak, lock = 0, 0, threading.Lock()
     real = codes.read_codes_file
 
@@ -161,7 +166,7 @@ def test_fetches_run_in_parallel_but_never_more_than_the_threads_allowed(tmp_pat
         return real(uri)
 
     monkeypatch.setattr(codes, "read_codes_file", slow_read)
-    clips = pa.table({"clip_id": [f"{i:02d}" for i in range(40)], "codes_uri": [str(p) for p in paths]})
+    clips = pa.table({"clip_id": [f"{i:02d}" for i in range(40)], "codes_uri": uris})
     pack_codes(clips, str(tmp_path / "snapshot"), threads=4)
     assert 2 <= peak <= 4
     packed = PackedCodes.open(str(tmp_path / "snapshot"))

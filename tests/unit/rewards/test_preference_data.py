@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from musicrl.rewards.preference_data import PairDataset, open_codes, pair_loader, read_pairs, sequential_batches
+from musicrl.rewards.preference_data import (
+    TRAIN_COLUMNS,
+    PairDataset,
+    open_codes,
+    pair_datasets,
+    pair_loader,
+    read_pairs,
+    sequential_batches,
+)
 from tests.utils.synthetic import clip_codes, many_pairs_snapshot, random_codes_snapshot, read_pairs_table
 
 
@@ -17,8 +25,8 @@ BOUND = 2 * 2**20  # bytes: a few batches of 64 pairs (~200 KB of int64 codes ea
 
 
 def _dataset(snapshot: str) -> PairDataset:
-    pairs = read_pairs(snapshot, "train", ties="soft")
-    return PairDataset(pairs, open_codes(snapshot, [pairs], num_codebooks=4, vocab_size=2048))
+    pairs = read_pairs(snapshot, "train", ties="soft", columns=TRAIN_COLUMNS)  # as the trainer reads them
+    return pair_datasets(snapshot, [pairs], num_codebooks=4, vocab_size=2048)["train"]
 
 
 def test_streamed_batches_hold_exactly_the_codes_of_the_clip_store_files(tmp_path):
@@ -80,7 +88,7 @@ def test_a_snapshot_taken_without_packed_codes_is_packed_for_the_run(tmp_path, c
     snapshot = random_codes_snapshot(tmp_path, pack=False)
     pairs = read_pairs(snapshot.url, "train", ties="soft")
     with caplog.at_level(logging.WARNING):
-        codes = open_codes(snapshot.url, [pairs], num_codebooks=4, vocab_size=128)
+        codes = open_codes(snapshot.url, [pairs])
     assert "was taken without packed codes" in caplog.text
     assert not Path(snapshot.url, "codes").exists()  # the snapshot itself is left as it was
     first = read_pairs_table(snapshot.url, "train")[0]
