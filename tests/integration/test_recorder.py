@@ -59,6 +59,7 @@ _MAKERS: list[Callable[[int], Message]] = [
     lambda i: events.preference(f"cmp-{i}", events_pb2.CHOICE_A, minutes=i * 60),  # spans several days
     lambda i: events.rating(f"clip-{i}", 1 + i % 5),
     lambda i: events.rollout(float(i % 100)),
+    lambda i: events.pipeline_failed(f"run-{i}"),
 ]
 
 
@@ -97,7 +98,7 @@ def test_events_reach_parquet_and_bad_messages_the_dead_letter_stream(nats_serve
     async def scenario() -> None:
         nc, js, publisher = await _publisher(nats_server.url)
         recorder.start()
-        published = _mixed_events(60)
+        published = _mixed_events(70)  # ten of each kind
         for event in published:
             await publisher.publish(event)
         garbage = await js.publish("musicrl.v1.preference_submitted", b"\xff\xfe not a protobuf")
@@ -121,7 +122,7 @@ def test_events_reach_parquet_and_bad_messages_the_dead_letter_stream(nats_serve
         await nc.close()
 
     asyncio.run(scenario())
-    assert len(recorded_event_ids(dataset)) == 60  # nothing of the bad messages, no duplicate without a crash
+    assert len(recorded_event_ids(dataset)) == 70  # nothing of the bad messages, no duplicate without a crash
     assert {p.name for p in dataset.iterdir()} == {kind_of(t) for t in EVENT_TYPES}  # no folder for unknown_kind
     assert len(list((dataset / "preference_submitted").glob("date=*"))) > 1  # partitioned by occurred_at's day
     assert recorder.terminate() == 0
