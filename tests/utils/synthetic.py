@@ -392,7 +392,6 @@ def many_pairs_snapshot(
     if not pack:
         return str(snapshot)
     clips = distinct_clips([table])
-    ordered = clips["clip_id"].to_pylist()
-    grids = (clip_codes(c, frames=frames, num_codebooks=num_codebooks) for c in ordered)
-    write_packed(ordered, clips["codes_uri"].to_pylist(), grids, str(snapshot))
+    grids = (clip_codes(c, frames=frames, num_codebooks=num_codebooks) for c in clips["clip_id"].to_pylist())
+    write_packed(clips, grids, str(snapshot))
     return str(snapshot)
