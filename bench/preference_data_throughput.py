@@ -113,7 +113,8 @@ def child_packed(snapshot: str, workers: int) -> dict[str, float]:
     memory = _Memory()  # after the imports: what the data path itself holds
     started = time.perf_counter()
     pairs = read_pairs(snapshot, "train", ties="soft", columns=TRAIN_COLUMNS)  # as the trainer reads them
-    dataset = pair_datasets(snapshot, [pairs], num_codebooks=4, vocab_size=2048)["train"]
+    policy = {"num_codebooks": 4, "vocab_size": 2048, "cache_dir": snapshot}  # packed and local: no cache used
+    dataset = pair_datasets(snapshot, [pairs], **policy)["train"]
     loaded = time.perf_counter()
     streamed = 0
     for batch in pair_loader(dataset, _batches(len(dataset)), num_workers=workers):

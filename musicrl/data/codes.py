@@ -20,7 +20,6 @@ import collections
 import io
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -304,13 +303,15 @@ class PackedCodes:
 
         Args:
             snapshot_url: The snapshot folder (local path or fsspec URL).
-            cache_dir: Local folder for copies of remote shards (default: a new temporary folder).
+            cache_dir: Local folder for copies of the shards of a snapshot on an object store (its caller
+                removes it; a local snapshot's shards are read where they are).
 
         Returns:
             The codes, with no shard open yet.
 
         Raises:
-            InvalidRequest: The snapshot has no packed codes.
+            InvalidRequest: The snapshot has no packed codes, or is on an object store and no ``cache_dir``
+                was given.
         """
         fs, index_path = fsspec.core.url_to_fs(join_url(snapshot_url, INDEX_FILE))
         if not fs.exists(index_path):
@@ -322,9 +323,12 @@ class PackedCodes:
         urls = [join_url(snapshot_url, shard_name(s)) for s in range(shards)]
         if isinstance(fs, LocalFileSystem):
             return cls(index, [fsspec.core.url_to_fs(url)[1] for url in urls], index_url)
-        local = cache_dir or tempfile.mkdtemp(prefix="musicrl-codes-")
-        paths = [os.path.join(local, os.path.basename(url)) for url in urls]
-        logger.info("copying %d code shards of %s to %s", shards, snapshot_url, local)
+        if cache_dir is None:
+            raise InvalidRequest(
+                f"{snapshot_url} is on an object store: give cache_dir, a local folder for its shards"
+            )
+        paths = [os.path.join(cache_dir, os.path.basename(url)) for url in urls]
+        logger.info("copying %d code shards of %s to %s", shards, snapshot_url, cache_dir)
         fs.get([fsspec.core.url_to_fs(url)[1] for url in urls], paths)  # fsspec fetches them concurrently
         return cls(index, paths, index_url)
 
@@ -426,16 +430,14 @@ class PackedCodes:
         return {"clips": len(self), "shards": len(self.shard_paths), "codes": self._codes}
 
 
-def packed_or_packing(
-    snapshot_url: str, clips: Callable[[], pa.Table], *, cache_dir: str | None = None
-) -> PackedCodes:
+def packed_or_packing(snapshot_url: str, clips: Callable[[], pa.Table], *, cache_dir: str) -> PackedCodes:
     """The snapshot's packed codes, or, for a snapshot taken without them, ``clips()`` packed into ``cache_dir``.
 
     Args:
         snapshot_url: The snapshot folder.
         clips: Returns ``clip_id`` and ``codes_uri`` of the clips to pack; called only if the snapshot has
             none packed, so a packed snapshot never reads its clips' URIs.
-        cache_dir: Where to pack or copy them locally (default: a new temporary folder).
+        cache_dir: A local folder, which the caller removes, to pack them in or copy remote shards to.
 
     Returns:
         The codes.
@@ -446,14 +448,13 @@ def packed_or_packing(
     fs, index_path = fsspec.core.url_to_fs(join_url(snapshot_url, INDEX_FILE))
     if fs.exists(index_path):
         return PackedCodes.open(snapshot_url, cache_dir=cache_dir)
-    local = cache_dir or tempfile.mkdtemp(prefix="musicrl-codes-")
     to_pack = clips()
     logger.warning(
         "%s was taken without packed codes: fetching the codes of %d clips into %s for this run "
         "(take snapshots with consolidate_codes true to fetch them once)",
         snapshot_url,
         to_pack.num_rows,
-        local,
+        cache_dir,
     )
-    pack_codes(to_pack, local)
-    return PackedCodes.open(local)
+    pack_codes(to_pack, cache_dir)
+    return PackedCodes.open(cache_dir)

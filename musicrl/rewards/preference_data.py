@@ -138,12 +138,13 @@ def _check_labels(labels: np.ndarray, url: str) -> None:
         raise InvalidRequest(f"{url} holds labels other than 0, 0.5 and 1, e.g. {float(bad[0])}")
 
 
-def open_codes(snapshot_url: str, splits: Sequence[PreferencePairs]) -> PackedCodes:
+def open_codes(snapshot_url: str, splits: Sequence[PreferencePairs], *, cache_dir: str) -> PackedCodes:
     """The packed codes of the snapshot, or, for one taken without them, those of ``splits``' clips packed now.
 
     Args:
         snapshot_url: The snapshot folder.
         splits: The pairs whose clips will be read.
+        cache_dir: A local folder, which the caller removes, for codes packed now or copied from a store.
 
     Returns:
         The codes.
@@ -156,13 +157,13 @@ def open_codes(snapshot_url: str, splits: Sequence[PreferencePairs]) -> PackedCo
         tables = [read_snapshot_table(snapshot_url, f"preferences_{p.split}", CLIP_COLUMNS) for p in splits]
         return distinct_clips(tables)
 
-    codes = packed_or_packing(snapshot_url, clips)
+    codes = packed_or_packing(snapshot_url, clips, cache_dir=cache_dir)
     logger.info("codes of %(clips)d clips in %(shards)d shards (%(codes)d codes)", codes.summary())
     return codes
 
 
 def pair_datasets(
-    snapshot_url: str, splits: Sequence[PreferencePairs], *, num_codebooks: int, vocab_size: int
+    snapshot_url: str, splits: Sequence[PreferencePairs], *, num_codebooks: int, vocab_size: int, cache_dir: str
 ) -> dict[str, "PairDataset"]:
     """Each split's pairs over the snapshot's codes (:func:`open_codes`), checked for the policy.
 
@@ -171,6 +172,7 @@ def pair_datasets(
         splits: The pairs, one :class:`PreferencePairs` per split.
         num_codebooks: K of the policy.
         vocab_size: V of the policy.
+        cache_dir: See :func:`open_codes`.
 
     Returns:
         A :class:`PairDataset` by split name.
@@ -179,7 +181,7 @@ def pair_datasets(
         InvalidRequest: A clip is not among the packed codes, its file is missing (when packing now), or it
             holds codes the policy cannot read; the message names its codes URI.
     """
-    codes = open_codes(snapshot_url, splits)
+    codes = open_codes(snapshot_url, splits, cache_dir=cache_dir)
     datasets = {pairs.split: PairDataset(pairs, codes) for pairs in splits}
     for dataset in datasets.values():
         for rows in (dataset.rows_a, dataset.rows_b):

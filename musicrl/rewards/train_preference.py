@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import math
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -202,10 +203,11 @@ def _read_splits(config: PreferenceTrainConfig) -> tuple[PreferencePairs, Prefer
     return train, held_out[0], held_out[1]
 
 
-def _datasets(config: PreferenceTrainConfig, model: PreferenceRewardModel) -> dict[str, PairDataset]:
+def _datasets(config: PreferenceTrainConfig, model: PreferenceRewardModel, cache_dir: str) -> dict[str, PairDataset]:
     """The three splits' pairs over the snapshot's packed codes, checked against the model's K and V."""
     splits = _read_splits(config)
-    return pair_datasets(config.snapshot_url, splits, num_codebooks=model.num_codebooks, vocab_size=model.vocab_size)
+    policy = {"num_codebooks": model.num_codebooks, "vocab_size": model.vocab_size}
+    return pair_datasets(config.snapshot_url, splits, **policy, cache_dir=cache_dir)
 
 
 def _trainable_state(model: PreferenceRewardModel) -> dict[str, torch.Tensor]:
@@ -229,11 +231,14 @@ def train_preference(config: PreferenceTrainConfig) -> PreferenceTrainResult:
     model = PreferenceRewardModel.from_policy(
         config.init_uri, device=config.device, window_frames=config.window_frames
     )
-    data = _datasets(config, model)
-    train, validation, test = data["train"], data["validation"], data["test"]
-    initial, log, best_epoch = _fit(model, train, validation, config)
-    # the test split is scored once, on the model already chosen: nothing above has seen it
-    tested = evaluate(model, test, config.eval_batch_size, num_workers=config.num_workers)
+    # codes packed for this run (a snapshot taken without them) or copied from an object store live here
+    with tempfile.TemporaryDirectory(prefix="musicrl-codes-") as cache_dir:
+        data = _datasets(config, model, cache_dir)
+        train, validation, test = data["train"], data["validation"], data["test"]
+        initial, log, best_epoch = _fit(model, train, validation, config)
+        # the test split is scored once, on the model already chosen: nothing above has seen it
+        tested = evaluate(model, test, config.eval_batch_size, num_workers=config.num_workers)
+        train.codes.close()
     logger.info("kept epoch %d: test accuracy %.3f on %d pairs", best_epoch, tested["test/accuracy"], len(test))
     metrics = _final_metrics(log.history, best_epoch, initial, tested, (len(train), len(validation), len(test)))
     plot_url = plot_training_curve(

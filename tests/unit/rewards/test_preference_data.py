@@ -26,7 +26,8 @@ BOUND = 2 * 2**20  # bytes: a few batches of 64 pairs (~200 KB of int64 codes ea
 
 def _dataset(snapshot: str) -> PairDataset:
     pairs = read_pairs(snapshot, "train", ties="soft", columns=TRAIN_COLUMNS)  # as the trainer reads them
-    return pair_datasets(snapshot, [pairs], num_codebooks=4, vocab_size=2048)["train"]
+    cache = str(Path(snapshot).parent / "cache")  # unused: the snapshot's codes are packed and local
+    return pair_datasets(snapshot, [pairs], num_codebooks=4, vocab_size=2048, cache_dir=cache)["train"]
 
 
 def test_streamed_batches_hold_exactly_the_codes_of_the_clip_store_files(tmp_path):
@@ -88,9 +89,10 @@ def test_a_snapshot_taken_without_packed_codes_is_packed_for_the_run(tmp_path, c
     snapshot = random_codes_snapshot(tmp_path, pack=False)
     pairs = read_pairs(snapshot.url, "train", ties="soft")
     with caplog.at_level(logging.WARNING):
-        codes = open_codes(snapshot.url, [pairs])
+        codes = open_codes(snapshot.url, [pairs], cache_dir=str(tmp_path / "cache"))
     assert "was taken without packed codes" in caplog.text
     assert not Path(snapshot.url, "codes").exists()  # the snapshot itself is left as it was
+    assert Path(tmp_path, "cache", "codes", "index.parquet").exists()  # packed in the caller's folder
     first = read_pairs_table(snapshot.url, "train")[0]
     (row,) = codes.rows_of([first["clip_a_id"]])
     on_file = np.load(first["clip_a_codes_uri"].removeprefix("file://"))

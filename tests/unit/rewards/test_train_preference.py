@@ -1,5 +1,6 @@
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,12 @@ from musicrl.rewards.train_preference import (
 )
 from tests.utils.synthetic import random_codes_snapshot, read_pairs_table
 from tests.utils.tiny_models import TINY_MUSICGEN_URI, differing_tensors
+
+
+@pytest.fixture(autouse=True)
+def _temporary_files_under_tmp_path(tmp_path, monkeypatch):
+    """The trainer packs a snapshot's codes in a temporary folder when the snapshot has none: keep it here."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
 def _config(snapshot_url: str, out: Path, **overrides) -> PreferenceTrainConfig:
