@@ -3,23 +3,18 @@
 Each test names the defect it guards against; all of them failed on the gateway before it was hardened.
 """
 
-import asyncio
-import contextlib
 import json
 import math
 import socket
 import threading
 import time
 
-import nats.errors
 import pytest
 import requests
 
-from musicrl.bus.connection import connect
-from musicrl.bus.events import decode_event
-from musicrl.config import BusConfig
 from musicrl.gateway.auth import Scope, new_api_key
 from tests.utils.platform import running_platform
+from tests.utils.stream import stream_events
 
 
 pytestmark = pytest.mark.slow
@@ -52,21 +47,8 @@ def _comparison(platform, listener_id: str = "listener-1") -> dict:
 
 def _preferences(platform, comparison_id: str) -> list:
     """The PreferenceSubmitted events of one comparison, read straight from the stream."""
-
-    async def read() -> list:
-        client, js = await connect(BusConfig(nats_url=platform.nats.url), "test-reader")
-        try:
-            sub = await js.pull_subscribe("musicrl.v1.preference_submitted", stream="MUSICRL")
-            found = []
-            with contextlib.suppress(nats.errors.TimeoutError):
-                while True:
-                    found += [decode_event(m.subject, m.data) for m in await sub.fetch(100, timeout=1)]
-            await sub.unsubscribe()
-            return [e for e in found if e.comparison_id == comparison_id]
-        finally:
-            await client.close()
-
-    return asyncio.run(read())
+    events = stream_events(platform.nats.url, "musicrl.v1.preference_submitted")
+    return [e for e in events if e.comparison_id == comparison_id]
 
 
 def _assert_one_error_shape(reply: requests.Response, status: int) -> dict:

@@ -5,24 +5,19 @@ kfp.local runs each component in a subprocess of this interpreter, in the order 
 ``test_pipeline_compile.py`` checks in the compiled YAML instead.
 """
 
-import asyncio
-import contextlib
 import json
 from pathlib import Path
 
-import nats.errors
 import pytest
 from kfp import local
 
-from musicrl.bus.connection import connect
-from musicrl.bus.events import decode_event
 from musicrl.bus.local_server import LocalNatsServer
-from musicrl.config import BusConfig
 from musicrl.models.loading import load_musicgen
 from musicrl.pipeline.registry import PolicyRegistry
 from musicrl.v1 import events_pb2
 from pipelines.retraining import retraining_pipeline
 from tests.utils.feedback_world import write_feedback_world
+from tests.utils.stream import stream_events
 
 
 pytestmark = pytest.mark.slow
@@ -70,23 +65,6 @@ def _run(tmp_path: Path, world, **overrides) -> Path:
     return artifacts
 
 
-def _events(nats_url: str, subject: str) -> list:
-    async def read() -> list:
-        client, js = await connect(BusConfig(nats_url=nats_url), "test-reader")
-        try:
-            sub = await js.pull_subscribe(subject, stream="MUSICRL")
-            found = []
-            with contextlib.suppress(nats.errors.TimeoutError):
-                while True:
-                    found += [decode_event(m.subject, m.data) for m in await sub.fetch(50, timeout=1)]
-            await sub.unsubscribe()
-            return found
-        finally:
-            await client.close()
-
-    return asyncio.run(read())
-
-
 def test_a_run_retrains_gates_registers_and_requests_a_canary(tmp_path, world, nats_url):
     artifacts = _run(tmp_path, world, nats_url=nats_url)
     (version,) = PolicyRegistry(str(artifacts / "registry")).list()
@@ -103,7 +81,7 @@ def test_a_run_retrains_gates_registers_and_requests_a_canary(tmp_path, world, n
     assert len(runs) == 1 and {p.name for p in runs[0].iterdir()} >= {"quality", "preference", "rl-r", "rl-u", "rl-ru"}
     (request,) = [
         e
-        for e in _events(nats_url, "musicrl.v1.policy_rollout")
+        for e in stream_events(nats_url, "musicrl.v1.policy_rollout")
         if e.action == events_pb2.ROLLOUT_ACTION_CANARY_REQUESTED
     ]
     assert request.canary_model_uri == version.model_uri and "v1" in request.reason
@@ -130,5 +108,5 @@ def test_malformed_gpu_placement_fails_first_and_the_exit_handler_says_so(tmp_pa
     with pytest.raises(RuntimeError, match="check-parameters"):
         _run(tmp_path, world, gpu_tolerations=[{"key": "gpu", "operator": "Maybe"}], nats_url=nats_url)
     assert not (tmp_path / "artifacts" / "snapshots").exists()  # nothing ran after the check
-    (failed,) = _events(nats_url, "musicrl.v1.pipeline_run_failed")
+    (failed,) = stream_events(nats_url, "musicrl.v1.pipeline_run_failed")
     assert failed.state == "FAILED" and failed.run_name
