@@ -1,7 +1,11 @@
 """A/B comparisons (MusicRL §3.3): two clips for one prompt, in random display order, then feedback.
 
-Slot A always holds the stable policy; slot B holds the stable policy with another seed, or the canary
-for ``canary_share`` of comparisons. Which slot is shown first is random, so position bias cancels out.
+Both clips come from the stable policy with different seeds, or, for ``canary_share`` of comparisons, one
+from the stable policy and one from the canary. Which of the two fills slot A and which slot B is drawn at
+random per comparison, so the slot names a client reads (and answers with) say nothing about the policies;
+which slot is shown first is a second, separate draw, so position bias cancels out. Both draws come from
+one generator seeded by the request, so a retry with the same Idempotency-Key replays them. The policies
+are recorded in the ComparisonServed event only, never in a reply.
 The comparison is kept in the ``comparisons`` KV bucket so that feedback can be checked against it.
 """
 
@@ -9,9 +13,11 @@ import asyncio
 import collections
 import dataclasses
 import json
+import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 from nats.js.errors import InvalidKeyError, KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -25,11 +31,14 @@ from musicrl.gateway.capacity import GenerationSlots
 from musicrl.gateway.clips import ClipRecord, ClipRecorder
 from musicrl.gateway.generator_client import GeneratedAudio, GeneratorClient
 from musicrl.gateway.idempotency import Idempotency
-from musicrl.rollout.routing import PolicyEndpoint, RoutingStore
+from musicrl.rollout.routing import PolicyEndpoint, RoutingStore, RoutingTable
 from musicrl.v1 import events_pb2
 
 
-SLOTS = ("a", "b")
+logger = logging.getLogger(__name__)
+
+Slot = Literal["a", "b"]
+SLOTS: tuple[Slot, Slot] = ("a", "b")
 CACHED_COMPARISONS = 10_000  # ~2 MB: the comparisons currently being listened to
 
 
@@ -75,10 +84,52 @@ class StoredComparison:
 
 @dataclass(frozen=True, slots=True)
 class ServedComparison:
-    """A comparison as served: the stored record and its clips in slot order (A, B)."""
+    """A comparison as served.
+
+    Attributes:
+        stored: The stored record.
+        clips: Its clips in slot order (A, B).
+        canary_slot: ``a`` or ``b``, the slot of the canary's clip; None when both are the stable policy's.
+    """
 
     stored: StoredComparison
     clips: tuple[ClipRecord, ClipRecord]
+    canary_slot: Slot | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Draw:
+    """The random choices of one comparison.
+
+    Attributes:
+        endpoints: The policy of slot A and that of slot B.
+        canary_slot: ``a`` or ``b``, the slot the canary fills; None when it does not take part.
+        a_first: Whether slot A is shown first (drawn after, and apart from, the slots' policies).
+    """
+
+    endpoints: tuple[PolicyEndpoint, PolicyEndpoint]
+    canary_slot: Slot | None
+    a_first: bool
+
+
+def draw_comparison(table: RoutingTable, idem: Idempotency) -> Draw:
+    """Draw the policies of both slots and the display order from one generator seeded by the request.
+
+    Args:
+        table: The routing table in force.
+        idem: The request's idempotency: with a key, the seed (and so every draw) is the same on a retry,
+            which must regenerate the same clips under the same ids; without one, the seed is random.
+
+    Returns:
+        The draw.
+    """
+    rng = random.Random(idem.new_seed("draw"))
+    endpoints = table.comparison_pair(rng)
+    a_first = rng.random() < 0.5
+    canary_slot: Slot | None = None
+    if table.canary is not None and table.canary != table.stable:  # an identical "canary" is the stable one
+        canary_slot = next((s for s, e in zip(SLOTS, endpoints, strict=True) if e == table.canary), None)
+    return Draw(endpoints, canary_slot, a_first)
 
 
 class ComparisonService:
@@ -120,13 +171,14 @@ class ComparisonService:
             UpstreamUnavailable: A generator is down.
             BusUnavailable: An event was not stored.
         """
-        rng = random.Random(idem.new_seed("draw"))  # routing and display order are replayed on a retry
-        endpoints = (await self.routing.get()).comparison_pair(rng)
+        draw = draw_comparison(await self.routing.get(), idem)
+        endpoints = draw.endpoints
         seeds = (idem.new_seed("seed/a"), idem.new_seed("seed/b"))
         started = time.monotonic()
         with self.slots.held():
             generated = await self._generate(prompt, endpoints, seeds, params)
         latency_ms = (time.monotonic() - started) * 1000
+        _warn_if_told_apart(generated, draw)
         clips = tuple(
             [
                 await self.clips.save(
@@ -145,14 +197,15 @@ class ComparisonService:
             idem.new_id("comparison"),
             prompt,
             (clips[0].clip_id, clips[1].clip_id),
-            rng.random() < 0.5,
+            draw.a_first,
             listener.user_id,
             listener.page_session,
         )
         await self.kv.put(stored.id, json.dumps(dataclasses.asdict(stored)).encode())
         self._remember(stored)
-        await self.publisher.publish(_served_event(stored, clips, idem.new_id("event/comparison")))
-        return ServedComparison(stored, (clips[0], clips[1]))
+        served = ServedComparison(stored, (clips[0], clips[1]), draw.canary_slot)
+        await self.publisher.publish(served_event(served, idem.new_id("event/comparison")))
+        return served
 
     async def get(self, comparison_id: str) -> StoredComparison:
         """The stored comparison. Raises NotFound for an unknown id.
@@ -194,21 +247,58 @@ class ComparisonService:
         return [first[0], second[0]]
 
 
-def _served_event(
-    stored: StoredComparison, clips: tuple[ClipRecord, ...], event_id: str
-) -> events_pb2.ComparisonServed:
+def _warn_if_told_apart(generated: list[GeneratedAudio], draw: Draw) -> None:
+    """Log when the canary's clip differs from the stable one's in what a client reads without listening.
+
+    Generation jobs always use the stable policy, so a client can learn its sample rate, its clips' length
+    and the shape of its codes; a canary that differs there (another codec, a stereo model) is recognisable
+    by its WAV header, its ``duration_s`` or its codes, whichever slot it fills. No policy served today
+    differs: this is the alarm for the day one does, since the votes of such a rollout are not blind.
+    """
+    if draw.canary_slot is None:
+        return
+    canary, stable = generated[::-1] if draw.canary_slot == "b" else generated
+    shapes = [(g.sample_rate, len(g.audio), tuple(g.codes.shape)) for g in (canary, stable)]
+    if shapes[0] != shapes[1]:
+        logger.warning(
+            "the canary's clip (rate, samples, codes shape) is %s, the stable one's %s: clients can tell the "
+            "clips of stable-vs-canary comparisons apart without listening",
+            *shapes,
+        )
+
+
+CANARY_SLOTS: dict[Slot | None, "events_pb2.CanarySlot"] = {
+    None: events_pb2.CANARY_SLOT_NONE,
+    "a": events_pb2.CANARY_SLOT_A,
+    "b": events_pb2.CANARY_SLOT_B,
+}
+
+
+def served_event(served: ServedComparison, event_id: str) -> events_pb2.ComparisonServed:
+    """The ComparisonServed event of ``served``: each slot's clip and policy, the canary's slot, the order.
+
+    Args:
+        served: The comparison as served.
+        event_id: The event id (derived from the request, so a retry publishes the same event).
+
+    Returns:
+        The event.
+    """
+
     def ref(clip: ClipRecord) -> events_pb2.ClipRef:
         policy = events_pb2.PolicyRef(model_uri=clip.policy.model_uri, version=clip.policy.version)
         return events_pb2.ClipRef(clip_id=clip.clip_id, policy=policy, audio_uri=clip.audio_uri)
 
+    stored = served.stored
     order = events_pb2.DISPLAY_ORDER_A_FIRST if stored.a_first else events_pb2.DISPLAY_ORDER_B_FIRST
     return events_pb2.ComparisonServed(
         header=new_header(event_id),
         comparison_id=stored.id,
         prompt=stored.prompt,
-        clip_a=ref(clips[0]),
-        clip_b=ref(clips[1]),
+        clip_a=ref(served.clips[0]),
+        clip_b=ref(served.clips[1]),
         display_order=order,
         user_id=stored.user_id,
         page_session=stored.page_session,
+        canary_slot=CANARY_SLOTS[served.canary_slot],
     )

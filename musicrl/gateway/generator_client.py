@@ -73,6 +73,8 @@ class GeneratorClient:
         seed.set_data_from_numpy(np.array(seeds, dtype=np.int64))
         outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in OUTPUTS]
         ready = UPSTREAM_READY.labels(url=endpoint.url, version=endpoint.version)
+        # A failure's reply names no endpoint (the log does): a comparison whose canary alone is down would
+        # otherwise tell the client that a canary runs, where, and under which model name.
         try:
             result = await self._client(endpoint.url).infer(
                 endpoint.model_name,
@@ -86,10 +88,12 @@ class GeneratorClient:
                 ready.set(1)  # it answered: the request was at fault, not the server
                 raise InvalidRequest(f"the generator refused the request: {e.message()}") from e
             ready.set(0)
-            raise UpstreamUnavailable(f"the generator at {endpoint.url} failed: {e.message()}") from e
+            logger.warning("the generator at %s (%s) failed: %s", endpoint.url, endpoint.version, e.message())
+            raise UpstreamUnavailable("a generator failed; retry later") from e
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             ready.set(0)
-            raise UpstreamUnavailable(f"the generator at {endpoint.url} is unreachable: {e}") from e
+            logger.warning("the generator at %s (%s) is unreachable: %s", endpoint.url, endpoint.version, e)
+            raise UpstreamUnavailable("a generator is unreachable; retry later") from e
         ready.set(1)
         return _clips(result)
 

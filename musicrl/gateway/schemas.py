@@ -105,7 +105,10 @@ class ComparisonCreate(_Strict):
 
 
 class ComparisonClipPublic(BaseModel):
-    slot: Literal["a", "b"] = Field(description="The clip's slot: what a preference's choice refers to.")
+    slot: Literal["a", "b"] = Field(
+        description="The clip's slot: what a preference's choice refers to. Clips are put in slots at random "
+        "per comparison, so a slot says nothing about the model that made its clip."
+    )
     id: str
     audio_url: str
     duration_s: float = Field(description="The clip's length in seconds.")

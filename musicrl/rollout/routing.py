@@ -72,10 +72,25 @@ class RoutingTable:
             raise InvalidRequest("canary_share > 0 needs a canary endpoint")
 
     def comparison_pair(self, rng: random.Random) -> tuple[PolicyEndpoint, PolicyEndpoint]:
-        """The policies of slot A and slot B for one comparison (A is always the stable policy)."""
-        if self.canary is not None and rng.random() < self.canary_share:
-            return self.stable, self.canary
-        return self.stable, self.stable
+        """The policies of slot A and slot B for one comparison.
+
+        With probability ``canary_share`` the canary takes part, and then a second draw puts it in slot A or
+        slot B with probability ½ each: were it always in one slot, anyone reading a comparison's slot names
+        would know which clip is the canary's, and the votes would not be blind.
+
+        Args:
+            rng: The comparison's own generator (seeded from the request, so a retry draws the same pair).
+                It is not drawn from without a canary, once when the canary sits this comparison out, and
+                twice when it takes part.
+
+        Returns:
+            The endpoint of slot A and that of slot B; both are ``stable`` when the canary does not take part.
+        """
+        if self.canary is None or rng.random() >= self.canary_share:
+            return self.stable, self.stable
+        if rng.random() < 0.5:
+            return self.canary, self.stable
+        return self.stable, self.canary
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> "RoutingTable":

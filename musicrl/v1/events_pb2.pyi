@@ -15,6 +15,13 @@ class DisplayOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DISPLAY_ORDER_A_FIRST: _ClassVar[DisplayOrder]
     DISPLAY_ORDER_B_FIRST: _ClassVar[DisplayOrder]
 
+class CanarySlot(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CANARY_SLOT_UNSPECIFIED: _ClassVar[CanarySlot]
+    CANARY_SLOT_NONE: _ClassVar[CanarySlot]
+    CANARY_SLOT_A: _ClassVar[CanarySlot]
+    CANARY_SLOT_B: _ClassVar[CanarySlot]
+
 class Choice(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CHOICE_UNSPECIFIED: _ClassVar[Choice]
@@ -34,6 +41,10 @@ class RolloutAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 DISPLAY_ORDER_UNSPECIFIED: DisplayOrder
 DISPLAY_ORDER_A_FIRST: DisplayOrder
 DISPLAY_ORDER_B_FIRST: DisplayOrder
+CANARY_SLOT_UNSPECIFIED: CanarySlot
+CANARY_SLOT_NONE: CanarySlot
+CANARY_SLOT_A: CanarySlot
+CANARY_SLOT_B: CanarySlot
 CHOICE_UNSPECIFIED: Choice
 CHOICE_A: Choice
 CHOICE_B: Choice
@@ -115,7 +126,7 @@ class GenerationCompleted(_message.Message):
     def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., clip_id: _Optional[str] = ..., prompt: _Optional[str] = ..., policy: _Optional[_Union[PolicyRef, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., duration_s: _Optional[float] = ..., audio_uri: _Optional[str] = ..., codes_uri: _Optional[str] = ..., latency_ms: _Optional[float] = ..., sample_rate: _Optional[int] = ...) -> None: ...
 
 class ComparisonServed(_message.Message):
-    __slots__ = ("header", "comparison_id", "prompt", "clip_a", "clip_b", "display_order", "user_id", "page_session")
+    __slots__ = ("header", "comparison_id", "prompt", "clip_a", "clip_b", "display_order", "user_id", "page_session", "canary_slot")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     COMPARISON_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +135,7 @@ class ComparisonServed(_message.Message):
     DISPLAY_ORDER_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SESSION_FIELD_NUMBER: _ClassVar[int]
+    CANARY_SLOT_FIELD_NUMBER: _ClassVar[int]
     header: EventHeader
     comparison_id: str
     prompt: str
@@ -132,7 +144,8 @@ class ComparisonServed(_message.Message):
     display_order: DisplayOrder
     user_id: str
     page_session: bool
-    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., comparison_id: _Optional[str] = ..., prompt: _Optional[str] = ..., clip_a: _Optional[_Union[ClipRef, _Mapping]] = ..., clip_b: _Optional[_Union[ClipRef, _Mapping]] = ..., display_order: _Optional[_Union[DisplayOrder, str]] = ..., user_id: _Optional[str] = ..., page_session: _Optional[bool] = ...) -> None: ...
+    canary_slot: CanarySlot
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., comparison_id: _Optional[str] = ..., prompt: _Optional[str] = ..., clip_a: _Optional[_Union[ClipRef, _Mapping]] = ..., clip_b: _Optional[_Union[ClipRef, _Mapping]] = ..., display_order: _Optional[_Union[DisplayOrder, str]] = ..., user_id: _Optional[str] = ..., page_session: _Optional[bool] = ..., canary_slot: _Optional[_Union[CanarySlot, str]] = ...) -> None: ...
 
 class Playback(_message.Message):
     __slots__ = ("header", "comparison_id", "clip_id", "listened_ms", "completed", "user_id", "page_session", "other_listener")

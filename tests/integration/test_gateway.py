@@ -1,7 +1,9 @@
 """The gateway as a real process, with a real nats-server and a tiny generator behind it."""
 
 import asyncio
+import contextlib
 import io
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -11,7 +13,8 @@ import soundfile
 from musicrl.bus.connection import connect
 from musicrl.bus.events import decode_event
 from musicrl.config import BusConfig
-from tests.utils.platform import running_platform
+from musicrl.v1 import events_pb2
+from tests.utils.platform import TINY, running_platform
 
 
 pytestmark = pytest.mark.slow
@@ -239,24 +242,108 @@ def test_health_readiness_and_metrics(platform):
     assert "musicrl_events_published_total" in metrics
 
 
-def test_the_routing_table_sends_comparisons_to_the_canary(platform):
+CANARY_VERSION = "v2-canary"
+CANARY_URI = "tiny://musicgen?seed=0&canary=1"
+CANARY_COMPARISONS = 30  # both slots at least 4 times fails a fair draw with probability 8e-6
+
+
+@contextlib.contextmanager
+def _canary(platform) -> Iterator[dict]:
+    """Route every comparison to a canary (the same generator under another version); restore afterwards."""
     url, headers = f"{platform.url}/v1/admin/routing", platform.headers()
     table = requests.get(url, headers=headers).json()
     assert table["canary"] is None and table["stable"]["version"] == "v1"
-    canary = {**table["stable"], "version": "v2-canary", "model_uri": "tiny://musicgen?seed=0&canary=1"}
+    canary = {**table["stable"], "version": CANARY_VERSION, "model_uri": CANARY_URI}
     updated = requests.put(url, json={**table, "canary": canary, "canary_share": 1.0}, headers=headers)
     assert updated.status_code == 200
     try:
-        comparison = _comparison(platform)
-        completed = {e.clip_id: e for e in _events(platform, "musicrl.v1.generation_completed")}
-        versions = {c["slot"]: completed[c["id"]].policy.version for c in comparison["clips"]}
-        assert versions == {"a": "v1", "b": "v2-canary"}
-        (rollout,) = _events(platform, "musicrl.v1.policy_rollout")
-        assert rollout.canary_percent == 100.0 and "admin API" in rollout.reason
+        yield table
     finally:
         requests.put(url, json=table, headers=headers)
+
+
+def _policy_versions(platform, comparisons: list[dict]) -> list[dict[str, str]]:
+    """Slot → the version of the policy that made its clip, from the clips' GenerationCompleted events."""
+    completed = {e.clip_id: e for e in _events(platform, "musicrl.v1.generation_completed")}
+    return [{c["slot"]: completed[c["id"]].policy.version for c in comparison["clips"]} for comparison in comparisons]
+
+
+def test_the_canary_is_served_in_either_slot_and_the_event_records_which(platform):
+    with _canary(platform):
+        comparisons = [_comparison(platform) for _ in range(CANARY_COMPARISONS)]
+        headers = platform.headers(**{"Idempotency-Key": "canary-retry"})
+        retried = [requests.post(f"{platform.url}/v1/comparisons", json={"prompt": "x"}, headers=headers)]
+        retried.append(requests.post(f"{platform.url}/v1/comparisons", json={"prompt": "x"}, headers=headers))
+    served = _events(platform, "musicrl.v1.comparison_served")
+    by_id = {e.comparison_id: e for e in served}
+    in_a = 0
+    for comparison, versions in zip(comparisons, _policy_versions(platform, comparisons), strict=True):
+        assert sorted(versions.values()) == sorted(["v1", CANARY_VERSION]), versions
+        event = by_id[comparison["id"]]
+        assert (event.clip_a.policy.version, event.clip_b.policy.version) == (versions["a"], versions["b"])
+        assert event.clip_a.policy.model_uri == (CANARY_URI if versions["a"] == CANARY_VERSION else TINY)
+        canary_in_a = versions["a"] == CANARY_VERSION
+        assert event.canary_slot == (events_pb2.CANARY_SLOT_A if canary_in_a else events_pb2.CANARY_SLOT_B)
+        in_a += canary_in_a
+    assert 4 <= in_a <= CANARY_COMPARISONS - 4, f"the canary filled slot A in {in_a} of {CANARY_COMPARISONS}"
+    first, second = retried
+    assert first.status_code == second.status_code == 201 and first.json() == second.json()
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert len([e for e in served if e.comparison_id == first.json()["id"]]) == 1  # one draw, one event
+    rollouts = _events(platform, "musicrl.v1.policy_rollout")
+    assert any(r.canary_percent == 100.0 and "admin API" in r.reason for r in rollouts)
+    url, headers = f"{platform.url}/v1/admin/routing", platform.headers()
+    table = requests.get(url, headers=headers).json()
     bad = requests.put(url, json={**table, "canary_share": 0.5}, headers=headers)
     assert bad.status_code == 400 and "needs a canary endpoint" in bad.json()["detail"]
+
+
+def _shape(value) -> object:
+    """A JSON value's structure: keys and value types, not values."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(v) for v in value]
+    return type(value).__name__
+
+
+def _riff_chunks(wav: bytes) -> list[tuple[bytes, bytes]]:
+    """The (id, content) of every chunk of a RIFF/WAVE file except the samples'."""
+    assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE"
+    chunks, at = [], 12
+    while at < len(wav):
+        chunk_id, size = wav[at : at + 4], int.from_bytes(wav[at + 4 : at + 8], "little")
+        chunks.append((chunk_id, b"" if chunk_id == b"data" else wav[at + 8 : at + 8 + size]))
+        at += 8 + size + size % 2
+    return chunks
+
+
+def test_no_reply_tells_the_canary_clip_from_the_stable_one(platform):
+    with _canary(platform) as table:
+        replies = [
+            requests.post(f"{platform.url}/v1/comparisons", json={"prompt": "x"}, headers=platform.headers())
+            for _ in range(12)
+        ]
+    assert all(r.status_code == 201 for r in replies)
+    versions = _policy_versions(platform, [r.json() for r in replies])
+    assert {v["a"] for v in versions} == {"v1", CANARY_VERSION}  # 12 fair draws all alike: probability 2^-11
+    # names that identify a policy: its URI, version, endpoint and model name ("v1" is also the API's path prefix)
+    secrets = {CANARY_URI, CANARY_VERSION, TINY, table["stable"]["url"], table["stable"]["model_name"]}
+    for reply in replies:
+        assert _shape(reply.json()) == _shape(replies[0].json())
+        assert set(reply.headers) == set(replies[0].headers)
+        for text in (reply.text, *reply.headers.values()):
+            assert not any(secret in text for secret in secrets), text
+        assert "v1" not in reply.headers.values() and '"v1"' not in reply.text
+    wav_headers, chunks = [], []
+    for reply in replies:
+        for clip in reply.json()["clips"]:
+            wav = requests.get(platform.url + clip["audio_url"], headers=platform.headers())
+            assert wav.status_code == 200
+            chunks.append(_riff_chunks(wav.content))
+            wav_headers.append({k: v for k, v in wav.headers.items() if k.lower() not in ("date", "x-request-id")})
+    assert all(c == chunks[0] for c in chunks) and [c[0] for c in chunks[0]] == [b"fmt ", b"data"]
+    assert all(h == wav_headers[0] for h in wav_headers)
 
 
 def test_a_bus_outage_is_a_503_and_nothing_is_half_accepted(platform):

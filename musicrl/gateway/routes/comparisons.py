@@ -103,7 +103,11 @@ async def create_preference(
 
 
 def comparison_public(served: ServedComparison, min_listened_share: float) -> ComparisonPublic:
-    """The reply: both clips in display order, each with how much of it must be played for a vote to count."""
+    """The reply: both clips in display order, each with how much of it must be played for a vote to count.
+
+    It names no policy, and every field is built the same way for either slot: the policies are drawn into
+    the slots at random, and only the ComparisonServed event records which is which.
+    """
     a, b = served.clips
     clips = [_clip_public("a", a, min_listened_share), _clip_public("b", b, min_listened_share)]
     if not served.stored.a_first:

@@ -53,6 +53,7 @@ def _full_events() -> dict[type[Message], Message]:
             display_order=events_pb2.DISPLAY_ORDER_B_FIRST,
             user_id="u-5e884898",
             page_session=True,
+            canary_slot=events_pb2.CANARY_SLOT_B,
         ),
         events_pb2.Playback: events_pb2.Playback(
             header=_header(3),

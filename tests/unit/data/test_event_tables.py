@@ -69,6 +69,7 @@ def test_nested_messages_are_flattened_with_underscores():
         "display_order",
         "user_id",
         "page_session",
+        "canary_slot",
     ]
     generated = arrow_schema(events_pb2.GenerationCompleted)
     assert generated.field("policy_model_uri").type == pa.string()
@@ -84,6 +85,7 @@ def test_enums_are_short_lower_case_strings():
     assert enum_label(events_pb2.Choice.DESCRIPTOR, events_pb2.CHOICE_UNSPECIFIED) == "unspecified"
     assert enum_label(events_pb2.DisplayOrder.DESCRIPTOR, events_pb2.DISPLAY_ORDER_B_FIRST) == "b_first"
     assert enum_label(events_pb2.RolloutAction.DESCRIPTOR, events_pb2.ROLLOUT_ACTION_ROLLED_BACK) == "rolled_back"
+    assert enum_label(events_pb2.CanarySlot.DESCRIPTOR, events_pb2.CANARY_SLOT_A) == "a"
     assert enum_label(events_pb2.Choice.DESCRIPTOR, 42) == "unknown_42"  # a value from a newer schema
     assert arrow_schema(events_pb2.PreferenceSubmitted).field("choice").type == pa.string()
 
