@@ -11,7 +11,7 @@ from musicrl.logs import current_request_id
 from musicrl.v1 import events_pb2
 
 
-SCHEMA_VERSION = 2  # 2: request_id in the header, page_session on feedback events
+SCHEMA_VERSION = 3  # 2: request_id, page_session; 3: canary_slot, clip durations, rollout evidence
 EVENT_TYPES_BY_KIND: dict[str, type[Message]] = {kind_of(t): t for t in EVENT_TYPES}
 
 

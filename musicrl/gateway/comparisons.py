@@ -287,7 +287,9 @@ def served_event(served: ServedComparison, event_id: str) -> events_pb2.Comparis
 
     def ref(clip: ClipRecord) -> events_pb2.ClipRef:
         policy = events_pb2.PolicyRef(model_uri=clip.policy.model_uri, version=clip.policy.version)
-        return events_pb2.ClipRef(clip_id=clip.clip_id, policy=policy, audio_uri=clip.audio_uri)
+        return events_pb2.ClipRef(
+            clip_id=clip.clip_id, policy=policy, audio_uri=clip.audio_uri, duration_s=clip.duration_s
+        )
 
     stored = served.stored
     order = events_pb2.DISPLAY_ORDER_A_FIRST if stored.a_first else events_pb2.DISPLAY_ORDER_B_FIRST

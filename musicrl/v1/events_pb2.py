@@ -25,21 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17musicrl/v1/events.proto\x12\nmusicrl.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"|\n\x0b\x45ventHeader\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eschema_version\x18\x03 \x01(\r\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"/\n\tPolicyRef\x12\x11\n\tmodel_uri\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"`\n\x0eSamplingParams\x12\x12\n\nduration_s\x18\x01 \x01(\x02\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x04 \x01(\x02\"T\n\x07\x43lipRef\x12\x0f\n\x07\x63lip_id\x18\x01 \x01(\t\x12%\n\x06policy\x18\x02 \x01(\x0b\x32\x15.musicrl.v1.PolicyRef\x12\x11\n\taudio_uri\x18\x03 \x01(\t\"\xa5\x02\n\x13GenerationCompleted\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.musicrl.v1.EventHeader\x12\x0f\n\x07\x63lip_id\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12%\n\x06policy\x18\x04 \x01(\x0b\x32\x15.musicrl.v1.PolicyRef\x12,\n\x08sampling\x18\x05 \x01(\x0b\x32\x1a.musicrl.v1.SamplingParams\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x12\n\nduration_s\x18\x07 \x01(\x02\x12\x11\n\taudio_uri\x18\x08 \x01(\t\x12\x11\n\tcodes_uri\x18\t \x01(\t\x12\x12\n\nlatency_ms\x18\n \x01(\x02\x12\x13\n\x0bsample_rate\x18\x0b \x01(\r\"\xb1\x02\n\x10\x43omparisonServed\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.musicrl.v1.EventHeader\x12\x15\n\rcomparison_id\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12#\n\x06\x63lip_a\x18\x04 \x01(\x0b\x32\x13.musicrl.v1.ClipRef\x12#\n\x06\x63lip_b\x18\x05 \x01(\x0b\x32\x13.musicrl.v1.ClipRef\x12/\n\rdisplay_order\x18\x06 \x01(\x0e\x32\x18.musicrl.v1.DisplayOrder\x12\x0f\n\x07user_id\x18\x07 \x01(\t\x12\x14\n\x0cpage_session\x18\x08 \x01(\x08\x12+\n\x0b\x63\x61nary_slot\x18\t \x01(\x0e\x32\x16.musicrl.v1.CanarySlot\"\xc2\x01\n\x08Playback\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.musicrl.v1.EventHeader\x12\x15\n\rcomparison_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63lip_id\x18\x03 \x01(\t\x12\x13\n\x0blistened_ms\x18\x04 \x01(\x04\x12\x11\n\tcompleted\x18\x05 \x01(\x08\x12\x0f\n\x07user_id\x18\x06 \x01(\t\x12\x14\n\x0cpage_session\x18\x07 \x01(\x08\x12\x16\n\x0eother_listener\x18\x08 \x01(\x08\"\xb8\x01\n\x13PreferenceSubmitted\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.musicrl.v1.EventHeader\x12\x15\n\rcomparison_id\x18\x02 \x01(\t\x12\"\n\x06\x63hoice\x18\x03 \x01(\x0e\x32\x12.musicrl.v1.Choice\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x14\n\x0cpage_session\x18\x05 \x01(\x08\x12\x16\n\x0eother_listener\x18\x06 \x01(\x08\"\x80\x01\n\rQualityRating\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.musicrl.v1.EventHeader\x12\x0f\n\x07\x63lip_id\x18\x02 \x01(\t\x12\x10\n\x08rater_id\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\r\x12\x14\n\x0cpage_session\x18\x05 \x01(\x08\"\xbf\x01\n\rPolicyRollout\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.musicrl.v1.EventHeader\x12)\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x19.musicrl.v1.RolloutAction\x12\x18\n\x10stable_model_uri\x18\x03 \x01(\t\x12\x18\n\x10\x63\x61nary_model_uri\x18\x04 \x01(\t\x12\x16\n\x0e\x63\x61nary_percent\x18\x05 \x01(\x02\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\x87\x01\n\x11PipelineRunFailed\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.musicrl.v1.EventHeader\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x11\n\ttask_name\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\"\xa2\x03\n\x08\x45nvelope\x12?\n\x14generation_completed\x18\x01 \x01(\x0b\x32\x1f.musicrl.v1.GenerationCompletedH\x00\x12\x39\n\x11\x63omparison_served\x18\x02 \x01(\x0b\x32\x1c.musicrl.v1.ComparisonServedH\x00\x12(\n\x08playback\x18\x03 \x01(\x0b\x32\x14.musicrl.v1.PlaybackH\x00\x12?\n\x14preference_submitted\x18\x04 \x01(\x0b\x32\x1f.musicrl.v1.PreferenceSubmittedH\x00\x12\x33\n\x0equality_rating\x18\x05 \x01(\x0b\x32\x19.musicrl.v1.QualityRatingH\x00\x12\x33\n\x0epolicy_rollout\x18\x06 \x01(\x0b\x32\x19.musicrl.v1.PolicyRolloutH\x00\x12<\n\x13pipeline_run_failed\x18\x07 \x01(\x0b\x32\x1d.musicrl.v1.PipelineRunFailedH\x00\x42\x07\n\x05\x65vent*c\n\x0c\x44isplayOrder\x12\x1d\n\x19\x44ISPLAY_ORDER_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44ISPLAY_ORDER_A_FIRST\x10\x01\x12\x19\n\x15\x44ISPLAY_ORDER_B_FIRST\x10\x02*e\n\nCanarySlot\x12\x1b\n\x17\x43\x41NARY_SLOT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41NARY_SLOT_NONE\x10\x01\x12\x11\n\rCANARY_SLOT_A\x10\x02\x12\x11\n\rCANARY_SLOT_B\x10\x03*]\n\x06\x43hoice\x12\x16\n\x12\x43HOICE_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43HOICE_A\x10\x01\x12\x0c\n\x08\x43HOICE_B\x10\x02\x12\x0e\n\nCHOICE_TIE\x10\x03\x12\x0f\n\x0b\x43HOICE_NONE\x10\x04*\xd8\x01\n\rRolloutAction\x12\x1e\n\x1aROLLOUT_ACTION_UNSPECIFIED\x10\x00\x12!\n\x1dROLLOUT_ACTION_CANARY_STARTED\x10\x01\x12\x1b\n\x17ROLLOUT_ACTION_PROMOTED\x10\x02\x12\x1e\n\x1aROLLOUT_ACTION_ROLLED_BACK\x10\x03\x12\"\n\x1eROLLOUT_ACTION_TRAFFIC_CHANGED\x10\x04\x12#\n\x1fROLLOUT_ACTION_CANARY_REQUESTED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17musicrl/v1/events.proto\x12\nmusicrl.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"|\n\x0b\x45ventHeader\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eschema_version\x18\x03 \x01(\r\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"/\n\tPolicyRef\x12\x11\n\tmodel_uri\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"`\n\x0eSamplingParams\x12\x12\n\nduration_s\x18\x01 \x01(\x02\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x04 \x01(\x02\"h\n\x07\x43lipRef\x12\x0f\n\x07\x63lip_id\x18\x01 \x01(\t\x12%\n\x06policy\x18\x02 \x01(\x0b\x32\x15.musicrl.v1.PolicyRef\x12\x11\n\taudio_uri\x18\x03 \x01(\t\x12\x12\n\nduration_s\x18\x04 \x01(\x02\"\xa5\x02\n\x13GenerationCompleted\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.musicrl.v1.EventHeader\x12\x0f\n\x07\x63lip_id\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12%\n\x06policy\x18\x04 \x01(\x0b\x32\x15.musicrl.v1.PolicyRef\x12,\n\x08sampling\x18\x05 \x01(\x0b\x32\x1a.musicrl.v1.SamplingParams\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x12\n\nduration_s\x18\x07 \x01(\x02\x12\x11\n\taudio_uri\x18\x08 \x01(\t\x12\x11\n\tcodes_uri\x18\t \x01(\t\x12\x12\n\nlatency_ms\x18\n \x01(\x02\x12\x13\n\x0bsample_rate\x18\x0b \x01(\r\"\xb1\x02\n\x10\x43omparisonServed\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.musicrl.v1.EventHeader\x12\x15\n\rcomparison_id\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12#\n\x06\x63lip_a\x18\x04 \x01(\x0b\x32\x13.musicrl.v1.ClipRef\x12#\n\x06\x63lip_b\x18\x05 \x01(\x0b\x32\x13.musicrl.v1.ClipRef\x12/\n\rdisplay_order\x18\x06 \x01(\x0e\x32\x18.musicrl.v1.DisplayOrder\x12\x0f\n\x07user_id\x18\x07 \x01(\t\x12\x14\n\x0cpage_session\x18\x08 \x01(\x08\x12+\n\x0b\x63\x61nary_slot\x18\t \x01(\x0e\x32\x16.musicrl.v1.CanarySlot\"\xc2\x01\n\x08Playback\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.musicrl.v1.EventHeader\x12\x15\n\rcomparison_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63lip_id\x18\x03 \x01(\t\x12\x13\n\x0blistened_ms\x18\x04 \x01(\x04\x12\x11\n\tcompleted\x18\x05 \x01(\x08\x12\x0f\n\x07user_id\x18\x06 \x01(\t\x12\x14\n\x0cpage_session\x18\x07 \x01(\x08\x12\x16\n\x0eother_listener\x18\x08 \x01(\x08\"\xb8\x01\n\x13PreferenceSubmitted\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.musicrl.v1.EventHeader\x12\x15\n\rcomparison_id\x18\x02 \x01(\t\x12\"\n\x06\x63hoice\x18\x03 \x01(\x0e\x32\x12.musicrl.v1.Choice\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x14\n\x0cpage_session\x18\x05 \x01(\x08\x12\x16\n\x0eother_listener\x18\x06 \x01(\x08\"\x80\x01\n\rQualityRating\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.musicrl.v1.EventHeader\x12\x0f\n\x07\x63lip_id\x18\x02 \x01(\t\x12\x10\n\x08rater_id\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\r\x12\x14\n\x0cpage_session\x18\x05 \x01(\x08\"\xa9\x02\n\rPolicyRollout\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.musicrl.v1.EventHeader\x12)\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x19.musicrl.v1.RolloutAction\x12\x18\n\x10stable_model_uri\x18\x03 \x01(\t\x12\x18\n\x10\x63\x61nary_model_uri\x18\x04 \x01(\t\x12\x16\n\x0e\x63\x61nary_percent\x18\x05 \x01(\x02\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x12\n\nrollout_id\x18\x07 \x01(\t\x12\x16\n\x0e\x63\x61nary_version\x18\x08 \x01(\t\x12\r\n\x05\x61\x63tor\x18\t \x01(\t\x12-\n\x08\x65vidence\x18\n \x01(\x0b\x32\x1b.musicrl.v1.RolloutEvidence\"\xd0\x01\n\x0fRolloutEvidence\x12\x13\n\x0b\x63\x61nary_wins\x18\x01 \x01(\r\x12\x13\n\x0bstable_wins\x18\x02 \x01(\r\x12\x0c\n\x04ties\x18\x03 \x01(\r\x12\r\n\x05nones\x18\x04 \x01(\r\x12\x15\n\rlog_e_promote\x18\x05 \x01(\x01\x12\x16\n\x0elog_e_rollback\x18\x06 \x01(\x01\x12\x14\n\x0cwin_rate_low\x18\x07 \x01(\x01\x12\x15\n\rwin_rate_high\x18\x08 \x01(\x01\x12\x1a\n\x12guardrail_failures\x18\t \x01(\r\"\x87\x01\n\x11PipelineRunFailed\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.musicrl.v1.EventHeader\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x11\n\ttask_name\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\"\xa2\x03\n\x08\x45nvelope\x12?\n\x14generation_completed\x18\x01 \x01(\x0b\x32\x1f.musicrl.v1.GenerationCompletedH\x00\x12\x39\n\x11\x63omparison_served\x18\x02 \x01(\x0b\x32\x1c.musicrl.v1.ComparisonServedH\x00\x12(\n\x08playback\x18\x03 \x01(\x0b\x32\x14.musicrl.v1.PlaybackH\x00\x12?\n\x14preference_submitted\x18\x04 \x01(\x0b\x32\x1f.musicrl.v1.PreferenceSubmittedH\x00\x12\x33\n\x0equality_rating\x18\x05 \x01(\x0b\x32\x19.musicrl.v1.QualityRatingH\x00\x12\x33\n\x0epolicy_rollout\x18\x06 \x01(\x0b\x32\x19.musicrl.v1.PolicyRolloutH\x00\x12<\n\x13pipeline_run_failed\x18\x07 \x01(\x0b\x32\x1d.musicrl.v1.PipelineRunFailedH\x00\x42\x07\n\x05\x65vent*c\n\x0c\x44isplayOrder\x12\x1d\n\x19\x44ISPLAY_ORDER_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44ISPLAY_ORDER_A_FIRST\x10\x01\x12\x19\n\x15\x44ISPLAY_ORDER_B_FIRST\x10\x02*e\n\nCanarySlot\x12\x1b\n\x17\x43\x41NARY_SLOT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41NARY_SLOT_NONE\x10\x01\x12\x11\n\rCANARY_SLOT_A\x10\x02\x12\x11\n\rCANARY_SLOT_B\x10\x03*]\n\x06\x43hoice\x12\x16\n\x12\x43HOICE_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43HOICE_A\x10\x01\x12\x0c\n\x08\x43HOICE_B\x10\x02\x12\x0e\n\nCHOICE_TIE\x10\x03\x12\x0f\n\x0b\x43HOICE_NONE\x10\x04*\xd8\x01\n\rRolloutAction\x12\x1e\n\x1aROLLOUT_ACTION_UNSPECIFIED\x10\x00\x12!\n\x1dROLLOUT_ACTION_CANARY_STARTED\x10\x01\x12\x1b\n\x17ROLLOUT_ACTION_PROMOTED\x10\x02\x12\x1e\n\x1aROLLOUT_ACTION_ROLLED_BACK\x10\x03\x12\"\n\x1eROLLOUT_ACTION_TRAFFIC_CHANGED\x10\x04\x12#\n\x1fROLLOUT_ACTION_CANARY_REQUESTED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'musicrl.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DISPLAYORDER']._serialized_start=2303
-  _globals['_DISPLAYORDER']._serialized_end=2402
-  _globals['_CANARYSLOT']._serialized_start=2404
-  _globals['_CANARYSLOT']._serialized_end=2505
-  _globals['_CHOICE']._serialized_start=2507
-  _globals['_CHOICE']._serialized_end=2600
-  _globals['_ROLLOUTACTION']._serialized_start=2603
-  _globals['_ROLLOUTACTION']._serialized_end=2819
+  _globals['_DISPLAYORDER']._serialized_start=2640
+  _globals['_DISPLAYORDER']._serialized_end=2739
+  _globals['_CANARYSLOT']._serialized_start=2741
+  _globals['_CANARYSLOT']._serialized_end=2842
+  _globals['_CHOICE']._serialized_start=2844
+  _globals['_CHOICE']._serialized_end=2937
+  _globals['_ROLLOUTACTION']._serialized_start=2940
+  _globals['_ROLLOUTACTION']._serialized_end=3156
   _globals['_EVENTHEADER']._serialized_start=72
   _globals['_EVENTHEADER']._serialized_end=196
   _globals['_POLICYREF']._serialized_start=198
@@ -47,21 +47,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_start=247
   _globals['_SAMPLINGPARAMS']._serialized_end=343
   _globals['_CLIPREF']._serialized_start=345
-  _globals['_CLIPREF']._serialized_end=429
-  _globals['_GENERATIONCOMPLETED']._serialized_start=432
-  _globals['_GENERATIONCOMPLETED']._serialized_end=725
-  _globals['_COMPARISONSERVED']._serialized_start=728
-  _globals['_COMPARISONSERVED']._serialized_end=1033
-  _globals['_PLAYBACK']._serialized_start=1036
-  _globals['_PLAYBACK']._serialized_end=1230
-  _globals['_PREFERENCESUBMITTED']._serialized_start=1233
-  _globals['_PREFERENCESUBMITTED']._serialized_end=1417
-  _globals['_QUALITYRATING']._serialized_start=1420
-  _globals['_QUALITYRATING']._serialized_end=1548
-  _globals['_POLICYROLLOUT']._serialized_start=1551
-  _globals['_POLICYROLLOUT']._serialized_end=1742
-  _globals['_PIPELINERUNFAILED']._serialized_start=1745
-  _globals['_PIPELINERUNFAILED']._serialized_end=1880
-  _globals['_ENVELOPE']._serialized_start=1883
-  _globals['_ENVELOPE']._serialized_end=2301
+  _globals['_CLIPREF']._serialized_end=449
+  _globals['_GENERATIONCOMPLETED']._serialized_start=452
+  _globals['_GENERATIONCOMPLETED']._serialized_end=745
+  _globals['_COMPARISONSERVED']._serialized_start=748
+  _globals['_COMPARISONSERVED']._serialized_end=1053
+  _globals['_PLAYBACK']._serialized_start=1056
+  _globals['_PLAYBACK']._serialized_end=1250
+  _globals['_PREFERENCESUBMITTED']._serialized_start=1253
+  _globals['_PREFERENCESUBMITTED']._serialized_end=1437
+  _globals['_QUALITYRATING']._serialized_start=1440
+  _globals['_QUALITYRATING']._serialized_end=1568
+  _globals['_POLICYROLLOUT']._serialized_start=1571
+  _globals['_POLICYROLLOUT']._serialized_end=1868
+  _globals['_ROLLOUTEVIDENCE']._serialized_start=1871
+  _globals['_ROLLOUTEVIDENCE']._serialized_end=2079
+  _globals['_PIPELINERUNFAILED']._serialized_start=2082
+  _globals['_PIPELINERUNFAILED']._serialized_end=2217
+  _globals['_ENVELOPE']._serialized_start=2220
+  _globals['_ENVELOPE']._serialized_end=2638
 # @@protoc_insertion_point(module_scope)

@@ -90,14 +90,16 @@ class SamplingParams(_message.Message):
     def __init__(self, duration_s: _Optional[float] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., guidance_scale: _Optional[float] = ...) -> None: ...
 
 class ClipRef(_message.Message):
-    __slots__ = ("clip_id", "policy", "audio_uri")
+    __slots__ = ("clip_id", "policy", "audio_uri", "duration_s")
     CLIP_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     AUDIO_URI_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
     clip_id: str
     policy: PolicyRef
     audio_uri: str
-    def __init__(self, clip_id: _Optional[str] = ..., policy: _Optional[_Union[PolicyRef, _Mapping]] = ..., audio_uri: _Optional[str] = ...) -> None: ...
+    duration_s: float
+    def __init__(self, clip_id: _Optional[str] = ..., policy: _Optional[_Union[PolicyRef, _Mapping]] = ..., audio_uri: _Optional[str] = ..., duration_s: _Optional[float] = ...) -> None: ...
 
 class GenerationCompleted(_message.Message):
     __slots__ = ("header", "clip_id", "prompt", "policy", "sampling", "seed", "duration_s", "audio_uri", "codes_uri", "latency_ms", "sample_rate")
@@ -198,20 +200,50 @@ class QualityRating(_message.Message):
     def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., clip_id: _Optional[str] = ..., rater_id: _Optional[str] = ..., score: _Optional[int] = ..., page_session: _Optional[bool] = ...) -> None: ...
 
 class PolicyRollout(_message.Message):
-    __slots__ = ("header", "action", "stable_model_uri", "canary_model_uri", "canary_percent", "reason")
+    __slots__ = ("header", "action", "stable_model_uri", "canary_model_uri", "canary_percent", "reason", "rollout_id", "canary_version", "actor", "evidence")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     STABLE_MODEL_URI_FIELD_NUMBER: _ClassVar[int]
     CANARY_MODEL_URI_FIELD_NUMBER: _ClassVar[int]
     CANARY_PERCENT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    CANARY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     header: EventHeader
     action: RolloutAction
     stable_model_uri: str
     canary_model_uri: str
     canary_percent: float
     reason: str
-    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., action: _Optional[_Union[RolloutAction, str]] = ..., stable_model_uri: _Optional[str] = ..., canary_model_uri: _Optional[str] = ..., canary_percent: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+    rollout_id: str
+    canary_version: str
+    actor: str
+    evidence: RolloutEvidence
+    def __init__(self, header: _Optional[_Union[EventHeader, _Mapping]] = ..., action: _Optional[_Union[RolloutAction, str]] = ..., stable_model_uri: _Optional[str] = ..., canary_model_uri: _Optional[str] = ..., canary_percent: _Optional[float] = ..., reason: _Optional[str] = ..., rollout_id: _Optional[str] = ..., canary_version: _Optional[str] = ..., actor: _Optional[str] = ..., evidence: _Optional[_Union[RolloutEvidence, _Mapping]] = ...) -> None: ...
+
+class RolloutEvidence(_message.Message):
+    __slots__ = ("canary_wins", "stable_wins", "ties", "nones", "log_e_promote", "log_e_rollback", "win_rate_low", "win_rate_high", "guardrail_failures")
+    CANARY_WINS_FIELD_NUMBER: _ClassVar[int]
+    STABLE_WINS_FIELD_NUMBER: _ClassVar[int]
+    TIES_FIELD_NUMBER: _ClassVar[int]
+    NONES_FIELD_NUMBER: _ClassVar[int]
+    LOG_E_PROMOTE_FIELD_NUMBER: _ClassVar[int]
+    LOG_E_ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    WIN_RATE_LOW_FIELD_NUMBER: _ClassVar[int]
+    WIN_RATE_HIGH_FIELD_NUMBER: _ClassVar[int]
+    GUARDRAIL_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    canary_wins: int
+    stable_wins: int
+    ties: int
+    nones: int
+    log_e_promote: float
+    log_e_rollback: float
+    win_rate_low: float
+    win_rate_high: float
+    guardrail_failures: int
+    def __init__(self, canary_wins: _Optional[int] = ..., stable_wins: _Optional[int] = ..., ties: _Optional[int] = ..., nones: _Optional[int] = ..., log_e_promote: _Optional[float] = ..., log_e_rollback: _Optional[float] = ..., win_rate_low: _Optional[float] = ..., win_rate_high: _Optional[float] = ..., guardrail_failures: _Optional[int] = ...) -> None: ...
 
 class PipelineRunFailed(_message.Message):
     __slots__ = ("header", "run_name", "state", "task_name", "error_message")
