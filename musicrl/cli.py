@@ -15,6 +15,8 @@
     musicrl train rl --config configs/rl/musicrl-r.yaml
     musicrl policy list|show VERSION --registry-url URL
     musicrl pipeline compile|upload|run|schedule     # KFP_HOST, KFP_NAMESPACE, KFP_TOKEN
+    musicrl serve rollout --nats-url URL [--target local|kserve]
+    musicrl rollout status|start VERSION|analyse|promote|rollback --nats-url URL
 
 Flags are derived from the config dataclasses (``musicrl.settings``); errors the user can fix end the
 process with a sentence on stderr and the exit code of their class (``musicrl.errors``).
@@ -42,6 +44,8 @@ from musicrl.pipeline.gate_config import add_gate_flags
 from musicrl.recorder.config import RecorderConfig
 from musicrl.rewards.preference_config import ClapPreferenceTrainConfig, PreferenceTrainConfig
 from musicrl.rewards.quality_config import QualityTrainConfig
+from musicrl.rollout.cli_commands import add_rollout_commands
+from musicrl.rollout.config import ControllerConfig
 from musicrl.settings import add_config_flags, config_from
 
 
@@ -80,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     recorder = servers.add_parser("recorder", help="record the event stream into the Parquet dataset")
     add_config_flags(recorder, RecorderConfig)
     recorder.set_defaults(command=_serve_recorder)
+    rollout = servers.add_parser("rollout", help="the rollout controller: judges the canary, promotes or rolls back")
+    add_config_flags(rollout, ControllerConfig)
+    rollout.set_defaults(command=_serve_rollout)
     gateway = servers.add_parser("gateway", help="the REST API and the listening page")
     add_config_flags(gateway, GatewayConfig)
     gateway.set_defaults(command=_serve_gateway)
@@ -143,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_policy_commands(commands)
     add_pipeline_commands(commands)
+    add_rollout_commands(commands)
     return parser
 
 
@@ -184,6 +192,12 @@ def _serve_recorder(args: argparse.Namespace) -> None:
     from musicrl.recorder.recorder import run_recorder
 
     run_recorder(config_from(RecorderConfig, args=args))
+
+
+def _serve_rollout(args: argparse.Namespace) -> None:
+    from musicrl.rollout.service import run_controller
+
+    run_controller(config_from(ControllerConfig, args=args))
 
 
 def _serve_gateway(args: argparse.Namespace) -> None:

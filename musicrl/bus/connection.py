@@ -32,6 +32,7 @@ BUCKETS = (
     BucketSpec("comparisons", ttl_s=90 * 24 * 3600),  # feedback may arrive long after a comparison was served
     BucketSpec("idempotency", ttl_s=24 * 3600),  # replies to replay for a retried Idempotency-Key
     BucketSpec("routing", ttl_s=0, history=16),  # the routing table; history is the audit trail
+    BucketSpec("rollout", ttl_s=0, history=64),  # rollout records and their votes; history is the audit trail
 )
 
 

@@ -61,6 +61,7 @@ async def open_state(config: GatewayConfig) -> GatewayState:
         )
     )
     routing = RoutingStore(buckets["routing"], default_table)
+    await routing.put_default()
     generator = GeneratorClient()
     clip_store = ClipStore(config.clip_store_url)
     clips = ClipRecorder(clip_store, publisher)

@@ -201,6 +201,14 @@ class KServeTarget:
         await self._patch(isvc, patch, f"start the canary {canary.model_uri}")
         return PolicyEndpoint(self.config.address(service), self.config.model_name, canary.model_uri, canary.version)
 
+    def stable_during_canary(self, stable: PolicyEndpoint) -> PolicyEndpoint:
+        """Standard mode: the stable predictor's own Service. Serverless: ``prev-{isvc}-predictor``, since the
+        main route sends the canary's traffic share to the newest revision."""
+        if self.config.mode == "standard":
+            return stable
+        service = f"prev-{self.config.isvc_name}-predictor"
+        return PolicyEndpoint(self.config.address(service), stable.model_name, stable.model_uri, stable.version)
+
     async def canary_ready(self, canary: PolicyEndpoint) -> bool:
         """Whether the canary's pods are ready, as the InferenceService's status reports them."""
         isvc = await self._read()

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import Message
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from musicrl.bus.events import new_header
-from musicrl.errors import InvalidRequest
+from musicrl.errors import InvalidRequest, NotFound
 from musicrl.v1 import events_pb2
 
 
@@ -118,17 +118,32 @@ class RoutingStore:
         default: The table used while the bucket holds none.
     """
 
-    def __init__(self, kv: KeyValue, default: RoutingTable) -> None:
+    def __init__(self, kv: KeyValue, default: RoutingTable | None = None) -> None:
         self.kv = kv
         self.default = default
 
     async def get(self) -> RoutingTable:
-        """The current table."""
+        """The current table.
+
+        Raises:
+            NotFound: The bucket holds none and this store has no default (no gateway has started yet).
+        """
         try:
             entry = await self.kv.get(ROUTING_KEY)
         except KeyNotFoundError:
+            if self.default is None:
+                raise NotFound("no routing table yet: start the gateway first, which writes its default") from None
             return self.default
         return RoutingTable.from_wire(json.loads(entry.value or b"{}"))
+
+    async def put_default(self) -> None:
+        """Write the default table unless one is stored, so the rollout controller knows the stable policy."""
+        if self.default is None:
+            return
+        try:
+            await self.kv.create(ROUTING_KEY, json.dumps(self.default.to_wire()).encode())
+        except KeyWrongLastSequenceError:  # a table is there already: it wins over this replica's default
+            pass
 
     async def put(self, table: RoutingTable) -> int:
         """Replace the table; returns the KV revision (the bucket keeps a history of them)."""

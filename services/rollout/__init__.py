@@ -1,0 +1,1 @@
+"""The rollout controller service: judges the canary on live votes and promotes or rolls it back."""
