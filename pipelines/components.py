@@ -28,6 +28,8 @@ def check_parameters(
     gpu_tolerations: list,
     gate_max_kl: float,
     gate_min_win_rate: float,
+    canary_share: float,
+    rollout_wait_s: float,
 ):
     """Refuse malformed parameters before any GPU pod is scheduled."""
     from musicrl.pipeline import steps
@@ -46,6 +48,8 @@ def check_parameters(
             gpu_tolerations=gpu_tolerations,
             gate_max_kl=gate_max_kl,
             gate_min_win_rate=gate_min_win_rate,
+            canary_share=canary_share,
+            rollout_wait_s=rollout_wait_s,
         )
     )
 
@@ -192,11 +196,21 @@ def register_candidate(
 
 
 @dsl.component(base_image=BASE_IMAGE)
-def hand_over(candidate_uri: str, version: str, stable_uri: str, nats_url: str):
-    """Ask the rollout controller to start the candidate as a canary."""
+def start_canary(
+    candidate_uri: str,
+    version: str,
+    nats_url: str,
+    canary_share: float,
+    rollout_wait_s: float,
+    run_id: str,
+    rollout: dsl.Output[dsl.Markdown],
+):
+    """``musicrl rollout start``, then wait for the controller's decision: the evidence as a Markdown artefact."""
     from musicrl.pipeline import steps
 
-    steps.hand_over(candidate_uri, version, stable_uri, nats_url)
+    report = steps.start_canary(candidate_uri, version, nats_url, canary_share, rollout_wait_s, run_id)
+    with open(rollout.path, "w") as file:
+        file.write(report)
 
 
 @dsl.component(base_image=BASE_IMAGE)

@@ -70,8 +70,11 @@ def _rl_stages(step: _Steps, gpu, stable_uri, inputs: dict) -> dsl.PipelineTask:
     return step(c.pick_candidate, stages=inputs["stages"], r_uri=r.output, u_uri=u.output, ru_uri=ru.output)
 
 
-def _register_or_stop(step: _Steps, gate, candidate, snapshot, stable_uri, artifacts_url, nats_url) -> None:
-    """Register the candidate and hand it to the canary when the gate passed; else stop with its reason."""
+def _register_or_stop(step: _Steps, gate, candidate, snapshot, stable_uri, artifacts_url, rollout: dict) -> None:
+    """Register the candidate and start it as the canary when the gate passed; else stop with its reason.
+
+    ``rollout`` holds the canary step's pipeline inputs: nats_url, canary_share and rollout_wait_s.
+    """
     with dsl.If(gate.outputs["passed"] == True, name="gate-passed"):  # noqa: E712
         version = step(
             c.register_candidate,
@@ -84,11 +87,11 @@ def _register_or_stop(step: _Steps, gate, candidate, snapshot, stable_uri, artif
             run_id=RUN_ID,
         )
         step(
-            c.hand_over,
+            c.start_canary,
             candidate_uri=candidate.output,
             version=version.output,
-            stable_uri=stable_uri,
-            nats_url=nats_url,
+            run_id=RUN_ID,
+            **rollout,
         )
     with dsl.Else(name="gate-failed"):
         step(c.stop_early, reason=gate.outputs["reason"])
@@ -97,7 +100,7 @@ def _register_or_stop(step: _Steps, gate, candidate, snapshot, stable_uri, artif
 @dsl.pipeline(
     name="musicrl-retraining",
     description="Retrain the reward models and the policy on recorded listener feedback (MusicRL R, U, RU), "
-    "gate the candidate offline, register it and hand it to the canary.",
+    "gate the candidate offline, register it and start it as the canary.",
 )
 def retraining_pipeline(
     image: str = D.image,
@@ -118,6 +121,8 @@ def retraining_pipeline(
     gate_max_kl: float = D.gate_max_kl,
     gate_min_win_rate: float = D.gate_min_win_rate,
     nats_url: str = D.nats_url,
+    canary_share: float = D.canary_share,
+    rollout_wait_s: float = D.rollout_wait_s,
     gpu_type: str = D.gpu_type,
     gpu_count: int = D.gpu_count,
     gpu_cpu_request: str = D.gpu_cpu_request,
@@ -142,6 +147,8 @@ def retraining_pipeline(
             gpu_tolerations=gpu_tolerations,
             gate_max_kl=gate_max_kl,
             gate_min_win_rate=gate_min_win_rate,
+            canary_share=canary_share,
+            rollout_wait_s=rollout_wait_s,
         )
         snapshot = step(
             c.take_snapshot,
@@ -179,7 +186,8 @@ def retraining_pipeline(
                 **common,
             )
             _on_gpu(gate, *gpu)
-            _register_or_stop(step, gate, candidate, snapshot, stable_uri, artifacts_url, nats_url)
+            rollout = {"nats_url": nats_url, "canary_share": canary_share, "rollout_wait_s": rollout_wait_s}
+            _register_or_stop(step, gate, candidate, snapshot, stable_uri, artifacts_url, rollout)
         with dsl.Else(name="too-few-preferences"):
             step(c.stop_early, reason=snapshot.outputs["reason"])
 

@@ -1,7 +1,7 @@
-"""What the retraining pipeline tells the platform over NATS: a canary request, and a failed run.
+"""What the retraining pipeline tells the platform over NATS: that a run failed.
 
-Both events carry an id derived from the run, so a retried step publishes the same event and JetStream's
-duplicate window drops the second copy.
+The event carries an id derived from the run, so a retried step publishes the same event and JetStream's
+duplicate window drops the second copy. (A canary is started through the rollout record: ``musicrl.rollout``.)
 """
 
 import asyncio
@@ -20,17 +20,6 @@ from musicrl.v1 import events_pb2
 logger = logging.getLogger(__name__)
 
 _NAMESPACE = uuid.UUID("0b4f3c52-9d1e-4a57-8c3a-6f1d2e7b9a40")  # fixed: the same run gives the same event id
-
-
-def canary_request(candidate_uri: str, stable_uri: str, version: str) -> events_pb2.PolicyRollout:
-    """The event that asks the rollout controller to start ``candidate_uri`` as a canary."""
-    return events_pb2.PolicyRollout(
-        header=new_header(str(uuid.uuid5(_NAMESPACE, f"canary\x00{version}\x00{candidate_uri}"))),
-        action=events_pb2.ROLLOUT_ACTION_CANARY_REQUESTED,
-        stable_model_uri=stable_uri,
-        canary_model_uri=candidate_uri,
-        reason=f"registered as policy {version} by the retraining pipeline; the offline gate passed",
-    )
 
 
 def run_failed(run_name: str, state: str, task_name: str, error_message: str) -> events_pb2.PipelineRunFailed:

@@ -46,6 +46,9 @@ class RetrainingParams:
         gate_max_kl: Highest accepted KL to the stable policy, nats per token.
         gate_min_win_rate: Lowest accepted win rate under the preference model and under the other rewards.
         nats_url: The event bus, for the hand-over to the canary and the failure event (empty: not published).
+        canary_share: Share of comparisons that pit the canary against the stable policy, in [0, 1].
+        rollout_wait_s: Seconds the last step waits for the rollout controller's decision (0: it only starts
+            the canary).
         gpu_type: Accelerator resource name of the GPU steps.
         gpu_count: Accelerators per GPU step.
         gpu_cpu_request: CPU request of a GPU step.
@@ -73,6 +76,8 @@ class RetrainingParams:
     gate_max_kl: float = 0.5  # nats per token: a candidate far from stable needs a person's look first
     gate_min_win_rate: float = 0.5
     nats_url: str = ""
+    canary_share: float = 0.5  # half the comparisons judge the canary: fast evidence, half the page unchanged
+    rollout_wait_s: float = 0.0  # a canary takes hours of listening; a run need not hold a pod that long
     gpu_type: str = "nvidia.com/gpu"
     gpu_count: int = 1
     gpu_cpu_request: str = "8"
@@ -100,6 +105,8 @@ class RetrainingParams:
                 raise InvalidRequest(f"{name} must be a Kubernetes quantity such as 8, 500m or 64Gi")
         check_node_selector(self.gpu_node_selector)
         check_tolerations(self.gpu_tolerations)
+        if not 0.0 <= self.canary_share <= 1.0 or not 0.0 <= self.rollout_wait_s <= 7 * 24 * 3600:
+            raise InvalidRequest("canary_share must be in [0, 1] and rollout_wait_s between 0 and a week of seconds")
         if not 0.0 <= self.gate_min_win_rate <= 1.0 or self.gate_max_kl < 0:
             raise InvalidRequest("gate_min_win_rate must be in [0, 1] and gate_max_kl >= 0")
 

@@ -141,19 +141,43 @@ def run_url(artifacts_url: str, run_id: str, name: str) -> str:
     return join_url(artifacts_url, "runs", run_id, name)
 
 
-def hand_over(candidate_uri: str, version: str, stable_uri: str, nats_url: str) -> None:
-    """Ask the rollout controller, over NATS, to start the registered candidate as a canary.
+def start_canary(
+    candidate_uri: str, version: str, nats_url: str, canary_share: float, wait_s: float, run_id: str
+) -> str:
+    """``musicrl rollout start``: serve the registered candidate as the canary, then wait up to ``wait_s``
+    for the rollout controller's decision. Returns the rollout as Markdown (evidence, statistic, decision).
 
-    Without a bus URL the request is only logged: the candidate stays registered for a person to roll out.
+    Without a bus URL nothing is started: the candidate stays registered for a person to roll out.
+
+    Raises:
+        Conflict: Another rollout is in flight (the candidate stays registered; start it once that one ends).
     """
-    from musicrl.pipeline import notify
-
     if not nats_url:
-        logger.warning(
-            "no nats_url: policy %s (%s) is registered, but no canary was requested", version, candidate_uri
-        )
-        return
-    notify.publish(nats_url, notify.canary_request(candidate_uri, stable_uri, version))
+        logger.warning("no nats_url: policy %s (%s) is registered, but no canary was started", version, candidate_uri)
+        return f"# No canary\n\nPolicy {version} (`{candidate_uri}`) is registered; no `nats_url` was given.\n"
+    import asyncio
+
+    from musicrl.config import BusConfig
+    from musicrl.rollout import levers
+    from musicrl.rollout.decision import DecisionRule
+    from musicrl.rollout.record import Status
+    from musicrl.rollout.report import markdown
+
+    async def run() -> str:
+        async with levers.open_bus(BusConfig(nats_url=nats_url), name="retraining-pipeline") as bus:
+            record = await levers.start(bus, candidate_uri, version, canary_share, f"retraining pipeline run {run_id}")
+            logger.info(
+                "rollout %s of %s requested; waiting up to %.0f s for the decision", record.id, version, wait_s
+            )
+            if wait_s > 0:
+                await levers.wait_until(bus, record.id, (Status.PROMOTED, Status.ROLLED_BACK), wait_s)
+            rule = DecisionRule()  # the report's statistic; the controller's own rule decided
+            current, tally, decision = await levers.analyse(bus, rule)
+            return markdown(current, tally, decision, rule)
+
+    report = asyncio.run(run())
+    logger.info("%s", report)
+    return report
 
 
 def stop_early(reason: str) -> None:

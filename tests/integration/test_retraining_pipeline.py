@@ -5,6 +5,7 @@ kfp.local runs each component in a subprocess of this interpreter, in the order 
 ``test_pipeline_compile.py`` checks in the compiled YAML instead.
 """
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -12,8 +13,11 @@ import pytest
 from kfp import local
 
 from musicrl.bus.local_server import LocalNatsServer
+from musicrl.config import BusConfig
 from musicrl.models.loading import load_musicgen
 from musicrl.pipeline.registry import PolicyRegistry
+from musicrl.rollout import levers
+from musicrl.rollout.record import Status
 from musicrl.v1 import events_pb2
 from pipelines.retraining import retraining_pipeline
 from tests.utils.feedback_world import write_feedback_world
@@ -85,6 +89,17 @@ def test_a_run_retrains_gates_registers_and_requests_a_canary(tmp_path, world, n
         if e.action == events_pb2.ROLLOUT_ACTION_CANARY_REQUESTED
     ]
     assert request.canary_model_uri == version.model_uri and "v1" in request.reason
+    # the last step started the rollout: the controller (not running here) finds the request in its record
+    record, _ = asyncio.run(_current_rollout(nats_url))
+    assert (record.status, record.model_uri, record.version) == (Status.REQUESTED, version.model_uri, "v1")
+    assert record.id == request.rollout_id and record.requested_by.startswith("retraining pipeline run ")
+    (report,) = (tmp_path / "kfp-root").rglob("rollout")  # the step's Markdown artefact
+    assert f"Rollout {record.id}: v1" in report.read_text() and "requested" in report.read_text()
+
+
+async def _current_rollout(nats_url: str):
+    async with levers.open_bus(BusConfig(nats_url=nats_url)) as bus:
+        return await bus.store.get()
 
 
 def test_an_impossible_gate_stops_the_run_with_its_reason_and_registers_nothing(tmp_path, world, caplog):
