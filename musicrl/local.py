@@ -1,4 +1,5 @@
-"""Run the whole platform on this machine: nats-server, the generator, the recorder and the gateway.
+"""Run the whole platform on this machine: nats-server, the generator, the recorder, the gateway and the rollout
+controller.
 
 ``make run`` (``musicrl up``) starts each service as its own process, on loopback, exactly as it runs in a
 pod, with state kept under one folder across runs: the JetStream store, clips, the Parquet dataset, logs,
@@ -94,6 +95,7 @@ class LocalPlatformConfig:
         generator_grpc_port: The generator's V2 gRPC port.
         nats_port: The NATS client port.
         recorder_metrics_port: The recorder's Prometheus port.
+        rollout_metrics_port: The rollout controller's Prometheus port.
         restarts: When a service that exited is restarted, and when ``musicrl up`` gives up.
     """
 
@@ -104,6 +106,7 @@ class LocalPlatformConfig:
     generator_grpc_port: int = 8081
     nats_port: int = 4222  # NATS' default
     recorder_metrics_port: int = 9102
+    rollout_metrics_port: int = 9103
     restarts: RestartPolicy = field(default_factory=RestartPolicy)
 
     def __post_init__(self) -> None:
@@ -129,6 +132,7 @@ _PORT_USERS = {  # field name: what listens on it, as the console names it
     "generator_grpc_port": "generator gRPC",
     "nats_port": "nats-server",
     "recorder_metrics_port": "recorder metrics",
+    "rollout_metrics_port": "rollout controller metrics",
 }
 
 
@@ -348,6 +352,13 @@ def _start_services(config: LocalPlatformConfig, state: Path, nats_url: str, sup
             "MUSICRL_METRICS_PORT": str(config.recorder_metrics_port),
         },
         "gateway": {**common, **_gateway_env(config, state)},
+        # `musicrl rollout start` serves a canary as a second generator process, which this controller starts
+        "rollout": {
+            **common,
+            "MUSICRL_TARGET": "local",
+            "MUSICRL_STATE_DIR": str(state),
+            "MUSICRL_METRICS_PORT": str(config.rollout_metrics_port),
+        },
     }
     for service, env in environments.items():
 

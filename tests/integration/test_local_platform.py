@@ -44,7 +44,7 @@ def test_up_serves_the_page_and_the_api_then_stops_everything_on_ctrl_c(tmp_path
         _wait_until(lambda: _platform_ready(tmp_path), up, tmp_path)
         assert _status(f"{base}/readyz") == 200
         children = psutil.Process(up.pid).children(recursive=True)
-        assert len(children) == 4  # nats-server, generator, recorder, gateway
+        assert len(children) == 5  # nats-server, generator, recorder, gateway, rollout controller
         key = (tmp_path / "state" / "admin.key").read_text().strip()
         reply = requests.post(
             f"{base}/v1/comparisons", json={"prompt": "surf rock"}, headers={"Authorization": f"Bearer {key}"}

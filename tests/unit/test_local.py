@@ -161,6 +161,7 @@ def taken_port() -> Iterator[int]:
         ("generator_grpc_port", "generator gRPC"),
         ("nats_port", "nats-server"),
         ("recorder_metrics_port", "recorder metrics"),
+        ("rollout_metrics_port", "rollout controller metrics"),
     ],
 )
 def test_a_taken_port_is_named_with_its_service_and_flag(field: str, what: str, taken_port: int) -> None:
