@@ -21,7 +21,7 @@ from typing import Any
 from musicrl.config import BusConfig
 from musicrl.errors import InvalidRequest
 from musicrl.rollout.decision import Action, DecisionRule
-from musicrl.rollout.record import Status
+from musicrl.rollout.record import Status, check_canary_share
 from musicrl.settings import add_config_flags, config_from
 
 
@@ -81,8 +81,9 @@ def _start(args: argparse.Namespace) -> None:
     from musicrl.pipeline.registry import PolicyRegistry
     from musicrl.rollout import levers
 
-    if args.wait_s < 0:
+    if not args.wait_s >= 0:
         raise InvalidRequest(f"--wait-s must be 0 or more seconds, got {args.wait_s}")
+    check_canary_share(args.canary_share)  # before anything is looked up or connected to
     registry = PolicyRegistry(args.registry_url)
     version = registry.latest() if args.version == "latest" else registry.get(args.version)
     if version is None:

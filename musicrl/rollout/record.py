@@ -112,8 +112,7 @@ class RolloutRecord:
         cls, model_uri: str, version: str, canary_share: float, requested_by: str, canary_url: str = ""
     ) -> "RolloutRecord":
         """A fresh request. Raises InvalidRequest for a share outside [0, 1] or an empty model URI."""
-        if not (isinstance(canary_share, int | float) and 0.0 <= canary_share <= 1.0):
-            raise InvalidRequest(f"the canary share of comparisons must be between 0 and 1, got {canary_share!r}")
+        check_canary_share(canary_share)
         if not model_uri.strip():
             raise InvalidRequest("a rollout needs the canary's model URI")
         return cls(
@@ -147,6 +146,12 @@ class RolloutRecord:
             if raw.get(name):
                 raw[name] = Verdict(**raw[name])
         return cls(**raw)
+
+
+def check_canary_share(canary_share: float) -> None:
+    """Raise InvalidRequest unless ``canary_share`` is a number in [0, 1]."""
+    if not (isinstance(canary_share, int | float) and 0.0 <= canary_share <= 1.0):
+        raise InvalidRequest(f"the canary share of comparisons must be between 0 and 1, got {canary_share!r}")
 
 
 class RolloutStore:
