@@ -2,6 +2,7 @@
 
     musicrl policy list --registry-url URL                 # a table of every version, oldest first
     musicrl policy show VERSION --registry-url URL         # one version (v3, 3 or latest) as JSON
+    musicrl policy register MODEL_URI --registry-url URL   # a checkpoint as the next version, by hand
     musicrl pipeline compile [--pipeline MODULE:FUNCTION] [--output pipelines/retraining.yaml]
     musicrl pipeline upload [--package FILE] [--pipeline-name NAME] [--pipeline-version NAME]
     musicrl pipeline run [--package FILE] [--experiment NAME] [--run-name NAME] [--param KEY=VALUE ...]
@@ -44,6 +45,11 @@ def add_policy_commands(commands: Commands) -> None:
     show.add_argument("version", help="the version: v3 (or 3), or latest")
     add_config_flags(show, RegistryConfig)
     show.set_defaults(command=_policy_show)
+    register = actions.add_parser("register", help="record a checkpoint as the next version (by hand, ungated)")
+    register.add_argument("model_uri", help="the checkpoint (a folder, s3://..., hf://..., tiny://...)")
+    register.add_argument("--parent-uri", default=None, help="the policy it was finetuned from")
+    add_config_flags(register, RegistryConfig)
+    register.set_defaults(command=_policy_register)
 
 
 def add_pipeline_commands(commands: Commands) -> None:
@@ -87,6 +93,16 @@ def _policy_show(args: argparse.Namespace) -> None:
     version = registry.latest() if args.version == "latest" else registry.get(args.version)
     if version is None:
         raise NotFound(f"the registry at {url} holds no policy versions yet")
+    sys.stdout.write(json.dumps(version.to_wire(), indent=2) + "\n")
+
+
+def _policy_register(args: argparse.Namespace) -> None:
+    from musicrl.pipeline.registry import PolicyRegistry
+    from musicrl.rollout.levers import check_checkpoint
+
+    check_checkpoint(args.model_uri)
+    registry = PolicyRegistry(config_from(RegistryConfig, args=args).registry_url)
+    version = registry.register(args.model_uri, parent_uri=args.parent_uri)
     sys.stdout.write(json.dumps(version.to_wire(), indent=2) + "\n")
 
 

@@ -90,3 +90,14 @@ def test_start_records_the_request_a_second_start_is_refused_and_analyse_says_wa
     assert _run(["rollout", "analyse", "--nats-url", nats_url]) == 0
     report = capsys.readouterr().out
     assert f"# Rollout {record['id']}: v1" in report and "The rule says now: wait" in report
+
+
+def test_policy_register_records_a_checkpoint_by_hand_and_refuses_a_missing_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    root = str(tmp_path / "registry")
+    assert _run(["policy", "register", "tiny://musicgen?seed=4", "--registry-url", root]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == "v1"
+    assert PolicyRegistry(root).get("v1").model_uri == "tiny://musicgen?seed=4"
+    assert _run(["policy", "register", str(tmp_path / "nothing"), "--registry-url", root]) == 3
+    assert [v.version for v in PolicyRegistry(root).list()] == ["v1"]
