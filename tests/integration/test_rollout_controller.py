@@ -282,3 +282,32 @@ def test_a_canary_that_never_becomes_ready_is_rolled_back_and_never_enters_the_r
 def test_a_canary_share_outside_0_to_1_is_refused_with_a_sentence(share: float) -> None:
     with pytest.raises(InvalidRequest, match="between 0 and 1"):
         RolloutRecord.new("tiny://musicgen?seed=1", "v2", share, "test")
+
+
+def test_comparisons_served_during_the_warm_up_do_not_count(
+    nats_server: LocalNatsServer, generator: ServiceProcess, tmp_path: Path
+) -> None:
+    stable, canary = endpoints(generator)
+
+    async def scenario() -> tuple[RolloutRecord, Counter[str], Counter[str]]:
+        async with (
+            opened_bus(nats_server.url, stable) as bus,
+            running_controller(nats_server.url, tmp_path, warmup_s=3.0),
+        ):
+            started = await levers.start(bus, canary.model_uri, canary.version, 1.0, "test", canary_url=canary.url)
+            record = await wait_status(bus, (Status.RUNNING,))
+            early = vote_stream(stable, canary, comparisons=20, canary_win_rate=0.9, seed=5)
+            await publish_all(nats_server.url, early.events)
+            assert record.counting_from is not None
+            await asyncio.sleep(max(0.0, record.counting_from - time.time()) + 0.1)
+            late = vote_stream(stable, canary, comparisons=20, canary_win_rate=0.9, seed=6)
+            await publish_all(nats_server.url, late.events)
+            deadline = time.monotonic() + 20
+            while (counted := await counted_votes(bus, started.id)) != late.expected and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            return record, counted, late.expected
+
+    record, counted, expected = asyncio.run(scenario())
+    assert record.counting_from is not None and record.ready_at is not None
+    assert record.counting_from - record.ready_at == pytest.approx(3.0)
+    assert counted == expected  # the warm-up's votes, though heard and valid, are not among them
