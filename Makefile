@@ -53,6 +53,7 @@ bench: setup
 	$(PY) bench/feedback_throughput.py
 	$(PY) bench/reward_throughput.py
 	$(PY) bench/rl_throughput.py
+	$(PY) bench/rollout_decisions.py
 
 # Re-pin the transitive set after changing pyproject.toml (torch is pinned above, not here).
 lock: setup
