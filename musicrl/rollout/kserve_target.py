@@ -16,6 +16,7 @@ policy explicitly, each by its own address:
 import asyncio
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -132,7 +133,9 @@ def default_configuration() -> client.Configuration:
         kube_config.load_incluster_config(client_configuration=configuration)
     except kube_config.ConfigException:
         try:
-            kube_config.load_kube_config(client_configuration=configuration)
+            # KUBECONFIG as it is now: the client itself reads the variable once, when it is first imported
+            path = os.environ.get("KUBECONFIG", "~/.kube/config")
+            kube_config.load_kube_config(config_file=path, client_configuration=configuration)
         except (kube_config.ConfigException, OSError) as e:
             raise InvalidRequest(
                 f"no Kubernetes credentials ({e}): run in a pod with a service account or point KUBECONFIG at a config"
