@@ -25,7 +25,7 @@ class GuardrailProbe:
 
     Args:
         config: The limits.
-        target: Answers whether the canary is ready.
+        target: Answers whether the canary is ready, and where the stable policy is served while it runs.
     """
 
     def __init__(self, config: ControllerConfig, target: RolloutTarget) -> None:
@@ -44,6 +44,8 @@ class GuardrailProbe:
             return None
         if not await self.target.canary_ready(canary):
             return ["the canary is not ready"]
+        # where the gateway calls the stable policy meanwhile: KServe Serverless's main route also reaches the canary
+        stable = self.target.stable_during_canary(stable)
         try:
             samples = [await health.scrape(e.url, e.model_name, SCRAPE_TIMEOUT_S) for e in (canary, stable)]
         except UpstreamUnavailable as e:
