@@ -142,3 +142,38 @@ class KubeStandIn:
         stored.update(merged)
         self._bump(stored, spec_before)
         return 200, copy.deepcopy(stored)
+
+
+# --- what the tests seed, and what KServe's controller would write into status ----------------------------------
+
+
+def inference_service(namespace: str, name: str, mode: str, storage_uri: str, **spec: Any) -> dict[str, Any]:
+    """A generator InferenceService in ``mode`` (``Standard`` or ``Serverless``) serving ``storage_uri``, with
+    extra ``spec`` fields (``canary=[...]``) merged in."""
+    predictor = {
+        "minReplicas": 1,
+        "maxReplicas": 3,
+        "model": {"modelFormat": {"name": "musicgen"}, "storageUri": storage_uri},
+    }
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceService",
+        "metadata": {"name": name, "namespace": namespace, "annotations": {"serving.kserve.io/deploymentMode": mode}},
+        "spec": {"predictor": predictor, **spec},
+    }
+
+
+def standard_canary_status(canary_name: str, ready: bool) -> dict[str, Any]:
+    """Standard mode: the canary entry ``canary_name``'s status and KServe's ``CanaryPredictorReady`` condition."""
+    condition = {"type": "CanaryPredictorReady", "status": "True" if ready else "False"}
+    return {"canaryStatuses": [{"name": canary_name, "ready": ready}], "conditions": [condition]}
+
+
+def serverless_predictor_status(base: str, created: str, ready: str, tagged: bool = False) -> dict[str, Any]:
+    """Serverless mode: the predictor's revisions: ``base`` behind the ``prev`` tag route, the newest created and
+    the newest ready one, and (``tagged``) the ``latest`` tag route to the ready one."""
+    traffic = [{"revisionName": base, "tag": "prev", "latestRevision": False}]
+    if tagged:
+        traffic.append({"revisionName": ready, "tag": "latest", "latestRevision": True})
+    component = {"latestCreatedRevision": created, "latestReadyRevision": ready, "traffic": traffic}
+    return {"components": {"predictor": component}}
