@@ -54,6 +54,7 @@ FETCH_BATCH = 256
 ACK_WAIT_S = 60.0  # a batch is counted in well under a second; only a stuck controller exceeds this
 FETCH_WAIT_S = 1.0
 RETRY_WAIT_S = 1.0
+WATCH_POLL_S = 1.0  # how soon the record watch notices a stop
 VOTES = Counter("musicrl_rollout_votes_total", "Stable-vs-canary votes counted and judged.", ["outcome"])
 TRANSIENT = (*RETRIABLE, nats.js.errors.APIError, nats.errors.SlowConsumerError)
 
@@ -214,6 +215,8 @@ class RolloutController:
                     self.votes_evaluated += 1
                     if await self._judge(record, revision, tally):
                         record, revision = await self.store.get()  # decided: later votes no longer count
+            if tally is not None:
+                await tally.flush()
             await self._advance_locked()
         for msg in msgs:
             await msg.ack()
@@ -269,7 +272,13 @@ class RolloutController:
             try:
                 watcher = await self.kv.watch(CURRENT_KEY)
                 try:
-                    async for entry in watcher:
+                    # not `async for`: nats-py's requests can swallow a cancellation (asyncio.wait_for on 3.11),
+                    # so the loop looks at `stop` itself and a SIGTERM always ends it
+                    while not stop.is_set():
+                        try:
+                            entry = await watcher.updates(timeout=WATCH_POLL_S)
+                        except nats.errors.TimeoutError:
+                            continue
                         if entry is not None:
                             await self.advance()
                 finally:

@@ -36,7 +36,12 @@ async def control(config: ControllerConfig, stop: asyncio.Event) -> None:
         target = build_target(config)
         controller = RolloutController(config, js, buckets, target, GuardrailProbe(config, target))
         logger.info("rollout controller on %s, target %s", config.bus.nats_url, config.target)
-        await controller.run(stop)
+        try:
+            await controller.run(stop)
+        finally:
+            close = getattr(target, "close", None)  # the kserve target's connection pool
+            if close is not None:
+                close()
     finally:
         await client.drain()
 

@@ -8,14 +8,17 @@ Everything the count depends on lives in the ``rollout`` KV bucket under ``r.<ro
 - ``vote.<comparison>.<listener>``: a counted vote, created with a create-if-absent, so a re-delivered or
   repeated preference of the same listener on the same comparison never counts twice.
 
-Each event is acknowledged only after its write, and every write is idempotent (a re-delivered playback
-sets the same flag, a re-delivered vote finds its key), so a controller killed at any point and restarted
-counts what an uninterrupted one counts. In memory the tally is a cache of those keys, rebuilt at start.
+Each event is acknowledged only after its writes (see :meth:`Tally.flush`), and every write is idempotent (a
+re-delivered playback sets the same flag, a re-delivered vote finds its key), so a controller killed at any
+point and restarted counts what an uninterrupted one counts. In memory the tally is a cache of those keys,
+rebuilt at start.
 """
 
+import asyncio
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from nats.js.errors import KeyWrongLastSequenceError
@@ -75,6 +78,18 @@ class Tally:
     per_listener: Counter[str] = field(default_factory=Counter)
     voted: set[tuple[str, str]] = field(default_factory=set)
     ignored: Counter[str] = field(default_factory=Counter)  # since this process started: a diagnostic only
+    _writes: list[Awaitable[object]] = field(default_factory=list)
+
+    async def flush(self) -> None:
+        """Store the comparison and playback changes made since the last flush (before their events are acked).
+
+        They are written together, in no particular order: each is idempotent and monotone, so a crash halfway
+        leaves nothing that the replay from the ack floor does not write again. Votes are not deferred: a vote
+        key is created before the vote counts, in stream order, which keeps the per-listener cap the same in
+        an interrupted run.
+        """
+        writes, self._writes = self._writes, []
+        await asyncio.gather(*writes)
 
     @property
     def prefix(self) -> str:
@@ -123,8 +138,8 @@ class Tally:
             "clip_ids": list(comparison.clip_ids),
             "min_listened_ms": list(comparison.min_listened_ms),
         }
-        await self.kv.put(f"{self.prefix}.cmp.{comparison_id}", json.dumps(value).encode())
         self.comparisons[comparison_id] = comparison
+        self._writes.append(self.kv.put(f"{self.prefix}.cmp.{comparison_id}", json.dumps(value).encode()))
 
     async def add_playback(
         self, comparison_id: str, user_id: str, clip_id: str, listened_ms: int, completed: bool
@@ -140,8 +155,10 @@ class Tally:
         before = self.heard.get((comparison_id, listener), (False, False))
         after = (before[0] or slot == 0, before[1] or slot == 1)
         if after != before:
-            await self.kv.put(f"{self.prefix}.heard.{comparison_id}.{listener}", json.dumps(after).encode())
             self.heard[(comparison_id, listener)] = after
+            self._writes.append(
+                self.kv.put(f"{self.prefix}.heard.{comparison_id}.{listener}", json.dumps(after).encode())
+            )
 
     async def add_preference(self, comparison_id: str, user_id: str, choice: str) -> str | None:
         """Count a vote; returns its outcome, or None when it does not count (and why goes to ``ignored``)."""
