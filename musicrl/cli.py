@@ -7,6 +7,7 @@
     musicrl dataset snapshot --dataset URL --out URL
     musicrl gate --candidate-uri URI --stable-uri URI --prompts-file FILE --reward NAME=URI --out-url DIR
     musicrl apikey new --id NAME --scopes generate,feedback
+    musicrl bus provision --nats-url URL [--replicas 3]   # streams and KV buckets (the chart's hook Job)
     musicrl up                      # the whole platform on this machine (make run)
     musicrl serve rewards --text-adherence-uri URI --quality-uri URI --preference-uri URI
     musicrl score --reward NAME --model URI --prompt TEXT (--audio clip.wav | --codes clip.npy)
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicrl.config import EngineConfig, GeneratorServiceConfig, RewardServiceConfig, SamplingParams
+from musicrl.config import BusConfig, EngineConfig, GeneratorServiceConfig, RewardServiceConfig, SamplingParams
 from musicrl.data.snapshot_config import SnapshotConfig
 from musicrl.entrypoint import run_main
 from musicrl.errors import InvalidRequest
@@ -135,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="add the entry to this keys file (other keys are kept; a running gateway picks it up at once)",
     )
     new_key.set_defaults(command=_new_api_key)
+
+    bus = commands.add_parser("bus", help="the NATS JetStream event bus")
+    bus_commands = bus.add_subparsers(required=True, metavar="ACTION")
+    provision = bus_commands.add_parser("provision", help="create or update the event streams and KV buckets")
+    add_config_flags(provision, BusConfig)
+    provision.set_defaults(command=_bus_provision)
 
     dataset = commands.add_parser("dataset", help="work with the recorded event dataset")
     dataset_commands = dataset.add_subparsers(required=True, metavar="ACTION")
@@ -279,6 +286,12 @@ def _new_api_key(args: argparse.Namespace) -> None:
         logger.info("added key %r to %s (%d other keys kept)", key.id, args.keys_file, kept)
     # stdout, not the log: this is the command's output, meant for a secret store and the keys file
     sys.stdout.write(json.dumps({"key": token, "entry": key.to_wire()}, indent=2) + "\n")
+
+
+def _bus_provision(args: argparse.Namespace) -> None:
+    from musicrl.bus.provision import run_provision
+
+    run_provision(config_from(BusConfig, args=args))
 
 
 def _dataset_snapshot(args: argparse.Namespace) -> None:
