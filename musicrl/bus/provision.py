@@ -2,17 +2,23 @@
 
 The chart's install/upgrade hook Job runs it, so a cluster is provisioned by the same code the services call at
 start-up (:func:`musicrl.bus.connection.ensure_streams` and :func:`~musicrl.bus.connection.ensure_buckets`).
+The Job runs it as ``python -m musicrl.bus.provision`` (the same flags and variables as ``musicrl bus provision``),
+which imports only the bus, so it runs in the recorder's image, which lacks what the rest of the CLI imports.
 """
 
+import argparse
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import nats.js.errors
 
 from musicrl.bus.connection import BUCKETS, connect, ensure_buckets, ensure_streams
 from musicrl.config import BusConfig
+from musicrl.entrypoint import run_main
 from musicrl.errors import InvalidRequest
+from musicrl.settings import add_config_flags, config_from
 
 
 logger = logging.getLogger(__name__)
@@ -66,3 +72,19 @@ async def provision(config: BusConfig) -> ProvisionReport:
 def run_provision(config: BusConfig) -> ProvisionReport:
     """:func:`provision` from synchronous code (the CLI)."""
     return asyncio.run(provision(config))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Provision from flags (``--nats-url``, ``--replicas``, ...) and ``MUSICRL_*`` variables, as the CLI does."""
+    parser = argparse.ArgumentParser(prog="python -m musicrl.bus.provision", description=__doc__.split("\n")[0])
+    add_config_flags(parser, BusConfig)
+    args = parser.parse_args(argv)
+
+    def provision_from_args() -> None:
+        run_provision(config_from(BusConfig, args=args))
+
+    run_main(provision_from_args)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@ from pathlib import Path
 import nats
 import pytest
 
+from musicrl.bus import provision
 from musicrl.bus.connection import BUCKETS
 from musicrl.bus.local_server import LocalNatsServer
 from musicrl.cli import main
@@ -53,3 +54,12 @@ def test_provision_refuses_replicas_a_single_server_cannot_hold(nats_server: Loc
     with pytest.raises(SystemExit) as exited:
         main(["bus", "provision", "--nats-url", nats_server.url, "--replicas", "3"])
     assert exited.value.code == 2  # InvalidRequest: a setting the operator can fix
+
+
+def test_module_entry_point_reads_env(nats_server: LocalNatsServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The chart's hook Job runs `python -m musicrl.bus.provision` with MUSICRL_* variables from its ConfigMap
+    monkeypatch.setenv("MUSICRL_NATS_URL", nats_server.url)
+    monkeypatch.setenv("MUSICRL_STREAM_NAME", "FROM_ENV")
+    provision.main([])
+    streams, _ = asyncio.run(_inventory(nats_server.url))
+    assert set(streams) == {"FROM_ENV", "MUSICRL_DLQ"}
