@@ -27,7 +27,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
-from musicrl.bus.events import decode_event
+from musicrl.bus.events import InvalidEvent, decode_event
 from musicrl.bus.publisher import RETRIABLE, EventPublisher
 from musicrl.bus.subjects import subject_for
 from musicrl.errors import Conflict
@@ -208,7 +208,11 @@ class RolloutController:
             record, revision = await self.store.get()
             tally = await self._tally_for(record) if record is not None else None
             for msg in msgs:
-                event = decode_event(msg.subject, msg.data)
+                try:
+                    event = decode_event(msg.subject, msg.data)
+                except InvalidEvent as e:  # the recorder dead-letters it; here it simply is not a vote
+                    logger.warning("skipping an undecodable event at stream sequence %s: %s", _sequence(msg), e)
+                    continue
                 if record is None or tally is None or record.status is not Status.RUNNING:
                     continue
                 if await self._absorb(event, record, tally):
@@ -331,3 +335,10 @@ class RolloutController:
 
 def _policy_of(clip: events_pb2.ClipRef) -> tuple[str, str]:
     return clip.policy.model_uri, clip.policy.version
+
+
+def _sequence(msg: Msg) -> int | None:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except (nats.errors.Error, AttributeError):
+        return None

@@ -311,3 +311,28 @@ def test_comparisons_served_during_the_warm_up_do_not_count(
     assert record.counting_from is not None and record.ready_at is not None
     assert record.counting_from - record.ready_at == pytest.approx(3.0)
     assert counted == expected  # the warm-up's votes, though heard and valid, are not among them
+
+
+def test_an_undecodable_event_is_skipped_and_the_votes_after_it_count(
+    nats_server: LocalNatsServer, generator: ServiceProcess, tmp_path: Path
+) -> None:
+    stable, canary = endpoints(generator)
+
+    async def scenario() -> tuple[Counter[str], Counter[str]]:
+        async with opened_bus(nats_server.url, stable) as bus, running_controller(nats_server.url, tmp_path):
+            started = await levers.start(bus, canary.model_uri, canary.version, 1.0, "test", canary_url=canary.url)
+            await wait_status(bus, (Status.RUNNING,))
+            client, js = await connect(BusConfig(nats_url=nats_server.url), name="test-garbage")
+            await js.publish(
+                subject_for(events_pb2.PreferenceSubmitted), b"\xff not protobuf", headers={"Nats-Msg-Id": "x"}
+            )
+            await client.drain()
+            stream = vote_stream(stable, canary, comparisons=20, canary_win_rate=0.7, seed=8)
+            await publish_all(nats_server.url, stream.events)
+            deadline = time.monotonic() + 20
+            while (counted := await counted_votes(bus, started.id)) != stream.expected and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            return counted, stream.expected
+
+    counted, expected = asyncio.run(scenario())
+    assert counted == expected and sum(expected.values()) > 0
