@@ -316,8 +316,9 @@ def test_generator_serves_the_mounted_model(kustomization: str, model_uri: str) 
 def test_prod_generator_runs_on_a_gpu_of_the_pool() -> None:
     runtime = one("overlays/prod", "ServingRuntime", GENERATOR_RUNTIME)
     container = generator_container("overlays/prod")
-    assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
-    assert container["resources"]["requests"]["nvidia.com/gpu"] == container["resources"]["limits"]["nvidia.com/gpu"]
+    resources = container["resources"]
+    assert int(resources["limits"].get("nvidia.com/gpu", 0)) >= 1, resources
+    assert resources["requests"].get("nvidia.com/gpu") == resources["limits"]["nvidia.com/gpu"], resources
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["MUSICRL_DEVICE"] == "cuda"
     labels, taints = pool_placement()
