@@ -31,11 +31,13 @@ labels:
   {{- include "musicrl.labels" (dict "root" . "component" "generator") | nindent 2 }}
 securityContext:
   {{- include "musicrl.podSecurityContext" . | nindent 2 }}
-{{- with $gen.nodeSelector }}
+{{- $nodeSelector := ternary (merge (deepCopy $gen.nodeSelector) $gen.gpu.nodeSelector) $gen.nodeSelector $gen.gpu.enabled }}
+{{- $tolerations := ternary (concat $gen.tolerations $gen.gpu.tolerations) $gen.tolerations $gen.gpu.enabled }}
+{{- with $nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with $gen.tolerations }}
+{{- with $tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
