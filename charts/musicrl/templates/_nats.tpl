@@ -10,7 +10,8 @@ max_payload: {{ int $n.maxPayloadBytes }}
 lame_duck_duration: 30s
 jetstream {
   store_dir: /data/jetstream
-  # NATS writes sizes without the Kubernetes "i" (its G is 1024^3)
+  # The PVC's size in decimal units (10Gi -> 10G, 10^9 bytes each): about 7 % below the volume, which leaves room
+  # for the filesystem's own use, so JetStream refuses writes before the disk is full.
   max_file_store: {{ $n.storageSize | replace "Ti" "T" | replace "Gi" "G" | replace "Mi" "M" }}
 }
 {{- if ge (int $n.replicas) 3 }}

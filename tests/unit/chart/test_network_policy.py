@@ -87,7 +87,9 @@ def test_only_gateway_rollout_and_pipeline_reach_the_generator(case: str) -> Non
 
 
 def _pipeline_namespace(case: str) -> dict[str, str]:
-    return {"kubernetes.io/metadata.name": "kubeflow-musicrl"} if case == "production" else OWN_NAMESPACE
+    return (
+        {"kubernetes.io/metadata.name": "kubeflow-musicrl"} if case in ("production", "ingress-off") else OWN_NAMESPACE
+    )
 
 
 @pytest.mark.parametrize("case", MATRIX)

@@ -1,12 +1,16 @@
 """The chart renders and lints under every matrix case, and every object it renders is one the API server accepts."""
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
 import kubernetes_validate
 import pytest
 
+from musicrl.bus.local_server import nats_server_binary
 from musicrl.rollout.isvc_patches import validate_isvc
+from musicrl.serving.kserve_compat import import_kserve
 from tests.unit.chart.rendering import (
     CHART_DIR,
     KUBE_VERSION,
@@ -21,8 +25,8 @@ from tests.unit.chart.rendering import (
 # Custom resources: kubernetes-validate holds only the built-in API groups' schemas. InferenceServices are checked
 # against the project's own schema instead; the others have none here, so only their presence is asserted.
 NOT_IN_KUBERNETES_SCHEMAS = {
-    "InferenceService": "KServe CRD (serving.kserve.io/v1beta1): validated against the project's own schema below",
-    "ServingRuntime": "KServe CRD (serving.kserve.io/v1alpha1): the project keeps no schema of it",
+    "InferenceService": "KServe CRD (serving.kserve.io/v1beta1): the project's own schema, and KServe's API models",
+    "ServingRuntime": "KServe CRD (serving.kserve.io/v1alpha1): checked against KServe's API models below",
     "ServiceMonitor": "Prometheus Operator CRD (monitoring.coreos.com/v1): no schema here",
     "PodMonitor": "Prometheus Operator CRD (monitoring.coreos.com/v1): no schema here",
     "PrometheusRule": "Prometheus Operator CRD (monitoring.coreos.com/v1): no schema here",
@@ -33,6 +37,7 @@ def test_matrix_covers_the_cases_the_issue_names() -> None:
     assert set(MATRIX) >= {
         "minimal",
         "external-nats",
+        "ingress-off",
         "gpu-off",
         "canary-standard",
         "canary-serverless",
@@ -252,6 +257,8 @@ def test_helm_test_calls_gateway_readyz_and_generator_v2_ready() -> None:
 def test_notes_say_how_to_reach_the_page_and_mint_a_key() -> None:
     minimal, production = render_case("minimal").notes, render_case("production").notes
     assert "port-forward svc/demo-musicrl-gateway 8000:80" in minimal
+    assert "port-forward" in render_case("ingress-off").notes
+    assert not render_case("ingress-off").of_kind("Ingress")
     assert "https://music.example.com/" in production
     assert "musicrl apikey new --id" in minimal
 
@@ -265,3 +272,59 @@ def test_observability_is_off_by_default_and_the_dashboard_is_for_the_sidecar() 
         rule["alert"] for rule in render_case("production").of_kind("PrometheusRule")[0]["spec"]["groups"][0]["rules"]
     }
     assert alerts == {"MusicRLGeneratorDown", "MusicRLRecorderLagGrowing", "MusicRLDeadLettersGrowing"}
+
+
+@pytest.mark.parametrize("case", ["minimal", "production"])
+def test_bundled_nats_config_is_one_nats_server_accepts(case: str, tmp_path: Path) -> None:
+    conf = render_case(case).one("ConfigMap", "demo-musicrl-nats")["data"]["nats.conf"]
+    # the pod's mount points, moved under tmp_path; nothing else changes
+    conf = conf.replace("/data/jetstream", str(tmp_path / "jetstream")).replace("/var/run/nats", str(tmp_path))
+    (tmp_path / "nats.conf").write_text(conf)
+    checked = subprocess.run(
+        [str(nats_server_binary()), "-c", str(tmp_path / "nats.conf"), "-t"],
+        capture_output=True,
+        text=True,
+        env={"SERVER_NAME": "demo-musicrl-nats-0"},  # the StatefulSet sets it from the pod's name
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "max_file_store: 10G\n" in conf or "max_file_store: 100G\n" in conf  # decimal units, below the PVC
+
+
+def _model_class(type_name: str) -> Any:
+    import kserve.models
+    import kubernetes.client.models
+
+    return getattr(kserve.models, type_name, None) or getattr(kubernetes.client.models, type_name, None)
+
+
+def _unknown_fields(doc: Any, type_name: str, path: str) -> list[str]:
+    """Fields of ``doc`` that the API model ``type_name`` (KServe's or Kubernetes' generated client) lacks."""
+    if type_name.startswith("list[") and isinstance(doc, list):
+        return [bad for i, item in enumerate(doc) for bad in _unknown_fields(item, type_name[5:-1], f"{path}[{i}]")]
+    if type_name.startswith("dict(str, ") and isinstance(doc, dict):
+        return [bad for key, item in doc.items() for bad in _unknown_fields(item, type_name[10:-1], f"{path}.{key}")]
+    cls = _model_class(type_name)
+    if cls is None or not isinstance(doc, dict):
+        return []  # a scalar, a quantity, or a free-form object
+    by_json = {json_key: cls.openapi_types[attr] for attr, json_key in cls.attribute_map.items()}
+    unknown = [f"{path}.{key}" for key in doc if key not in by_json]
+    return unknown + [
+        bad
+        for key, item in doc.items()
+        if key in by_json
+        for bad in _unknown_fields(item, by_json[key], f"{path}.{key}")
+    ]
+
+
+@pytest.mark.parametrize("case", MATRIX)
+def test_kserve_objects_use_only_fields_kserve_knows(case: str) -> None:
+    # KServe's CRDs are not in kubernetes-validate; its generated API models (the kserve package) list every field
+    import_kserve()
+    roots = {"InferenceService": "V1beta1InferenceServiceSpec", "ServingRuntime": "V1alpha1ServingRuntimeSpec"}
+    checked = 0
+    for obj in render_case(case).objects:
+        if obj["kind"] in roots:
+            assert _unknown_fields(obj["spec"], roots[obj["kind"]], f"{obj['kind']}/{obj['metadata']['name']}") == []
+            checked += 1
+    assert checked >= 2
