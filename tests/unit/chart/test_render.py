@@ -159,6 +159,10 @@ def test_gateway_calls_the_stable_predictor_service_and_reads_secrets_by_referen
     assert env["MUSICRL_API_KEYS_FILE"] == "/etc/musicrl/api-keys/api-keys.json"
     assert {"secretRef": {"name": "musicrl-s3"}} in container["envFrom"]
     assert not rendered.of_kind("Secret")  # the chart never makes a secret a restart would change
+    # KServe's storage initializer finds the object-store credentials through the model servers' account
+    generator = rendered.one("InferenceService", "demo-musicrl-generator")
+    account = rendered.one("ServiceAccount", generator["spec"]["predictor"]["serviceAccountName"])
+    assert account["secrets"] == [{"name": "musicrl-s3"}]
 
 
 def test_gpu_off_requests_no_gpu_and_runs_float32_with_threads_from_the_cpu_limit() -> None:
