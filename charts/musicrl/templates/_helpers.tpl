@@ -185,6 +185,9 @@ imagePullSecrets:
 {{- if and $v.gateway.ingress.enabled (not $v.gateway.ingress.host) -}}
 {{- fail "gateway.ingress.enabled is true but gateway.ingress.host is empty: set the host name the page is served on, or set gateway.ingress.enabled=false" -}}
 {{- end -}}
+{{- if and $v.gateway.httpRoute.enabled (not $v.gateway.httpRoute.parentRefs) -}}
+{{- fail "gateway.httpRoute.enabled is true but gateway.httpRoute.parentRefs is empty: name the Gateway the route attaches to" -}}
+{{- end -}}
 {{- if and (not $v.generator.runtime.create) (not $v.generator.runtime.name) -}}
 {{- fail "generator.runtime.create is false but generator.runtime.name is empty: name the existing ServingRuntime to use" -}}
 {{- end -}}

@@ -17,8 +17,10 @@ from tests.unit.chart.rendering import (
     MATRIX,
     NAMESPACE,
     pod_spec,
+    render,
     render_case,
     values_file,
+    with_values,
 )
 
 
@@ -30,6 +32,7 @@ NOT_IN_KUBERNETES_SCHEMAS = {
     "ServiceMonitor": "Prometheus Operator CRD (monitoring.coreos.com/v1): no schema here",
     "PodMonitor": "Prometheus Operator CRD (monitoring.coreos.com/v1): no schema here",
     "PrometheusRule": "Prometheus Operator CRD (monitoring.coreos.com/v1): no schema here",
+    "HTTPRoute": "Gateway API CRD (gateway.networking.k8s.io/v1): no schema here",
 }
 
 
@@ -332,3 +335,44 @@ def test_kserve_objects_use_only_fields_kserve_knows(case: str) -> None:
             assert _unknown_fields(obj["spec"], roots[obj["kind"]], f"{obj['kind']}/{obj['metadata']['name']}") == []
             checked += 1
     assert checked >= 2
+
+
+def test_optional_parts_switch_off_cleanly() -> None:
+    values = with_values(
+        "minimal",
+        recorder__enabled=False,
+        rollout__enabled=False,
+        provision__enabled=False,
+        rewards__enabled=False,
+        networkPolicy__enabled=False,
+        gateway__autoscaling__enabled=False,
+        gateway__pdb__enabled=False,
+        generator__runtime__create=False,
+        generator__runtime__name="triton",
+    )
+    rendered = render(values)
+    components = {obj["metadata"]["labels"]["app.kubernetes.io/component"] for obj in rendered.objects}
+    assert not components & {"recorder", "rollout", "provision", "rewards", "network"}
+    kinds = {obj["kind"] for obj in rendered.objects}
+    assert not kinds & {"HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServingRuntime", "Job"}
+    assert rendered.workload("gateway")["spec"]["replicas"] == 2  # the HPA no longer owns it
+    isvc = rendered.one("InferenceService", "demo-musicrl-generator")
+    assert isvc["spec"]["predictor"]["model"]["runtime"] == "triton"
+    for obj in rendered.objects:
+        if obj["kind"] == "InferenceService":
+            validate_isvc(obj)
+        elif obj["kind"] not in NOT_IN_KUBERNETES_SCHEMAS:
+            kubernetes_validate.validate(obj, KUBE_VERSION.removeprefix("v"), strict=True)
+
+
+def test_http_route_is_an_alternative_to_the_ingress() -> None:
+    values = with_values(
+        "minimal",
+        gateway__httpRoute__enabled=True,
+        gateway__httpRoute__parentRefs=[{"name": "shared", "namespace": "gateway-system"}],
+        gateway__httpRoute__hostnames=["music.example.com"],
+    )
+    (route,) = render(values).of_kind("HTTPRoute")
+    assert route["spec"]["parentRefs"] == [{"name": "shared", "namespace": "gateway-system"}]
+    assert route["spec"]["hostnames"] == ["music.example.com"]
+    assert route["spec"]["rules"][0]["backendRefs"] == [{"name": "demo-musicrl-gateway", "port": 80}]

@@ -112,6 +112,10 @@ FAILS = {
         {"gateway__ingress__enabled": True},
         "gateway.ingress.enabled is true but gateway.ingress.host is empty: set the host name",
     ),
+    "an HTTPRoute attached to no Gateway": (
+        {"gateway__httpRoute__enabled": True},
+        "gateway.httpRoute.enabled is true but gateway.httpRoute.parentRefs is empty",
+    ),
     "an existing runtime without its name": (
         {"generator__runtime__create": False},
         "generator.runtime.create is false but generator.runtime.name is empty",
