@@ -25,6 +25,7 @@ from tests.unit.chart.rendering import MATRIX, REPO_ROOT, Rendered, pod_spec, re
 THIRD_PARTY_ENV = {
     "OMP_NUM_THREADS": "torch's intra-op thread count (the generator's torch_threads setting)",
     "HF_HOME": "Hugging Face's cache folder, on an emptyDir (the root filesystem is read-only)",
+    "XDG_CACHE_HOME": "the cache root of torch hub and other libraries, on the same emptyDir",
 }
 # Placeholders for values the chart takes from Secrets, which a render cannot see.
 SECRET_VALUES = {"MUSICRL_SECRET_KEY": "k" * 40, "MUSICRL_NATS_URL": "nats://user:password@nats.example:4222"}
@@ -179,7 +180,8 @@ def test_model_servers(case: str) -> None:
             config = assert_no_drift(container_env(rendered, runtime_container, model), cls, isvc["metadata"]["name"])
             assert config.server.host == "0.0.0.0"
             assert named_port(runtime_container, "http1") == config.server.http_port == 8080  # KServe's REST port
-            assert probe_paths(runtime_container) == {"/v2/health/ready"}
+            assert runtime_container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+            assert runtime_container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
             assert probe_paths(runtime_container) <= v2_paths
             assert_runs_module(runtime_container["command"], module)
             if is_generator:
