@@ -117,10 +117,10 @@ InferenceServices. */}}
 {{- end -}}
 
 {{- define "musicrl.objectStoreEnvFrom" -}}
-{{- with .Values.secrets.objectStore.name }}
+{{- with .Values.secrets.objectStore.name -}}
 - secretRef:
     name: {{ . }}
-{{- end }}
+{{- end -}}
 {{- end -}}
 
 {{- define "musicrl.podSecurityContext" -}}
@@ -132,10 +132,10 @@ InferenceServices. */}}
 {{- end -}}
 
 {{- define "musicrl.imagePullSecrets" -}}
-{{- with .Values.image.pullSecrets }}
+{{- with .Values.image.pullSecrets -}}
 imagePullSecrets:
 {{ toYaml . }}
-{{- end }}
+{{- end -}}
 {{- end -}}
 
 {{/* Whole CPUs of a Kubernetes CPU quantity ("500m" -> 1, "4" -> 4, 2.5 -> 3): the default torch thread count. */}}
