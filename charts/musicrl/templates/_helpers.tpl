@@ -6,17 +6,18 @@ Names, labels, images and the checks of invalid value combinations, computed onc
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Resource-name prefix: <release>-musicrl, or the release name when it already says musicrl. Kept to 40
-characters, so that KServe's "{isvc}-{canary}-predictor" names still fit a 63-character DNS label. */}}
+{{/* Resource-name prefix: <release>-musicrl, or the release name when it already says musicrl. Kept to 32
+characters: the generator InferenceService (<prefix>-generator) then leaves the rollout controller room for a canary
+name of 10 characters in KServe's "{isvc}-{canary}-predictor", which must fit a 63-character DNS label. */}}
 {{- define "musicrl.fullname" -}}
 {{- if .Values.fullnameOverride -}}
-{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- .Values.fullnameOverride | trunc 32 | trimSuffix "-" -}}
 {{- else -}}
 {{- $name := include "musicrl.name" . -}}
 {{- if contains $name .Release.Name -}}
-{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 32 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 32 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

@@ -7,15 +7,17 @@ from typing import Any
 import helm_python as helm
 import kubernetes_validate
 import pytest
+import yaml
 
 from musicrl.bus.local_server import nats_server_binary
-from musicrl.rollout.isvc_patches import validate_isvc
+from musicrl.rollout.isvc_patches import canary_name, validate_isvc
 from musicrl.serving.kserve_compat import import_kserve
 from tests.unit.chart.rendering import (
     CHART_DIR,
     KUBE_VERSION,
     MATRIX,
     NAMESPACE,
+    chart,
     pod_spec,
     render,
     render_case,
@@ -376,3 +378,30 @@ def test_http_route_is_an_alternative_to_the_ingress() -> None:
     assert route["spec"]["parentRefs"] == [{"name": "shared", "namespace": "gateway-system"}]
     assert route["spec"]["hostnames"] == ["music.example.com"]
     assert route["spec"]["rules"][0]["backendRefs"] == [{"name": "demo-musicrl-gateway", "port": 80}]
+
+
+def test_the_longest_release_name_leaves_room_for_canary_names() -> None:
+    longest = "r" * 53  # Helm's limit on release names
+    values = values_file("canary-standard")
+    values["generator"]["canary"]["name"] = "c" * 10  # the schema's limit
+    manifests = render_release(values, longest)
+    (isvc,) = [
+        o for o in manifests if o["kind"] == "InferenceService" and o["metadata"]["name"].endswith("-generator")
+    ]
+    name = isvc["metadata"]["name"]
+    validate_isvc(isvc)
+    # what the rollout controller names a canary, and what KServe then names its Service, fit a DNS label
+    for rollout_id in ("2026-12-01-policy-v7", "x" * 80):
+        assert len(f"{name}-{canary_name(rollout_id, name)}-predictor") <= 63
+    assert len(f"{name}-{isvc['spec']['canary'][0]['predictor']['name']}-predictor") <= 63
+
+
+def render_release(values: dict[str, Any], release: str) -> list[dict[str, Any]]:
+    manifests = chart().render(values, name=release, namespace=NAMESPACE, is_install=True)
+    return [
+        doc
+        for path, text in manifests.items()
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
