@@ -1,5 +1,6 @@
 """The chart renders and lints under every matrix case, and every object it renders is one the API server accepts."""
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,11 @@ def test_observability_is_off_by_default_and_the_dashboard_is_for_the_sidecar() 
     assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
     dashboard = render_case("production").one("ConfigMap", "demo-musicrl-dashboard")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    panels = json.loads(dashboard["data"]["musicrl.json"])["panels"]
+    titles = " | ".join(panel["title"].lower() for panel in panels)
+    for topic in ("latency", "throughput", "queue depth", "ingest", "recorder lag", "dead letters", "win rate"):
+        assert topic in titles, topic
+    assert all(target["expr"] for panel in panels for target in panel["targets"])
     alerts = {
         rule["alert"] for rule in render_case("production").of_kind("PrometheusRule")[0]["spec"]["groups"][0]["rules"]
     }
