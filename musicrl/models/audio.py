@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import soundfile
-from scipy.signal import resample_poly
 
 
 def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
@@ -43,5 +42,9 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     audio = np.asarray(audio, dtype=np.float32)
     if from_rate == to_rate:
         return audio
+    # Imported here, not at the top: the gateway encodes WAV through this module and its image carries no scipy
+    # (about 140 MB installed); only the model-side roles resample.
+    from scipy.signal import resample_poly
+
     common = math.gcd(from_rate, to_rate)
     return resample_poly(audio, to_rate // common, from_rate // common).astype(np.float32)
