@@ -14,6 +14,7 @@ import uuid
 
 import nats.js.errors
 from nats.js import JetStreamContext
+from prometheus_client import Counter
 
 from musicrl.bus.events import new_header
 from musicrl.bus.publisher import EventPublisher
@@ -32,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 _EVENT_IDS = uuid.UUID("6f1d3c1e-8f43-4a57-9d2a-1b0c6a7e5d21")  # namespace of the rollout events' ids
 CONTROLLER = "controller"
+ACTIONS_TAKEN = Counter(
+    "musicrl_rollout_actions_total", "Rollout actions carried out: canary_started, promoted, rolled_back.", ["action"]
+)
 ACTIONS = {
     Status.STARTING: events_pb2.ROLLOUT_ACTION_CANARY_STARTED,
     Status.PROMOTED: events_pb2.ROLLOUT_ACTION_PROMOTED,
@@ -199,6 +203,7 @@ class Lifecycle:
         the_id = event_id(record.id, status.value)
         if await self._last_announced() == the_id:
             return
+        ACTIONS_TAKEN.labels("canary_started" if status is Status.STARTING else status.value).inc()
         table = await self.routing.get()
         verdict = record.verdict if status.finished else None
         numbers = dict(verdict.evidence) if verdict else {}

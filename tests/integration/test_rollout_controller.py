@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import prometheus_client
 import pytest
 
 from musicrl.bus.connection import connect, ensure_buckets, ensure_streams
@@ -216,7 +217,15 @@ def test_a_worse_canary_is_rolled_back_and_the_stable_policy_serves_everything_a
             final = await wait_status(bus, DECIDED)
             return final, await routing_store(nats_server.url, lambda store: store.get())
 
+    def rolled_back_count() -> float:
+        return (
+            prometheus_client.REGISTRY.get_sample_value("musicrl_rollout_actions_total", {"action": "rolled_back"})
+            or 0
+        )
+
+    before = rolled_back_count()
     final, table = asyncio.run(scenario())
+    assert rolled_back_count() == before + 1  # what the chart's MusicRLCanaryRolledBack alert watches
     assert final.status is Status.ROLLED_BACK and final.verdict is not None
     assert "listeners prefer the stable policy" in final.verdict.reason
     assert table == RoutingTable(stable)

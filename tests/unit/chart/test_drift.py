@@ -211,7 +211,7 @@ def test_dashboard_and_alerts_use_only_metrics_the_platform_exports() -> None:
     exported = set()
     for path in (REPO_ROOT / "musicrl").rglob("*.py"):
         exported |= set(re.findall(r'(?:Counter|Gauge|Histogram)\(\s*"(musicrl_[a-z_]+)"', path.read_text()))
-    assert "musicrl_rollout_votes_total" in exported
+    assert {"musicrl_rollout_votes_total", "musicrl_rollout_actions_total"} <= exported
     rendered = render_case("production")
     text = rendered.one("ConfigMap", "demo-musicrl-dashboard")["data"]["musicrl.json"]
     text += str(rendered.of_kind("PrometheusRule"))

@@ -286,7 +286,12 @@ def test_observability_is_off_by_default_and_the_dashboard_is_for_the_sidecar() 
     alerts = {
         rule["alert"] for rule in render_case("production").of_kind("PrometheusRule")[0]["spec"]["groups"][0]["rules"]
     }
-    assert alerts == {"MusicRLGeneratorDown", "MusicRLRecorderLagGrowing", "MusicRLDeadLettersGrowing"}
+    assert alerts == {
+        "MusicRLGeneratorDown",
+        "MusicRLRecorderLagGrowing",
+        "MusicRLDeadLettersGrowing",
+        "MusicRLCanaryRolledBack",
+    }
 
 
 @pytest.mark.parametrize("case", ["minimal", "production"])
