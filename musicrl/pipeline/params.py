@@ -58,7 +58,7 @@ class RetrainingParams:
         device: Torch device of the training steps.
     """
 
-    image: str = "ghcr.io/musicrl/musicrl:0.1.0"
+    image: str = "ghcr.io/musicrl/musicrl-pipeline:0.1.0"  # the Dockerfile's `pipeline` target
     dataset_url: str = "s3://musicrl/dataset"
     artifacts_url: str = "s3://musicrl/artifacts"
     stable_uri: str = "hf://facebook/musicgen-small"
