@@ -31,6 +31,7 @@ from musicrl.pipeline.kfp_client import parse_params
 from musicrl.pipeline.kfp_config import KFP_ENV_PREFIX, PIPELINE_ENV_PREFIX, KfpConfig, ScheduleConfig
 from musicrl.pipeline.params import RetrainingParams
 from musicrl.settings import config_from
+from tests.utils.kserve_models import attribute_maps
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -206,13 +207,13 @@ def test_namespaced_objects_live_in_the_namespace(kustomization: str) -> None:
 
 
 def test_schemas_name_only_fields_the_apis_have() -> None:
-    from kserve.models import V1alpha1ServingRuntimeSpec, V1alpha1SupportedModelFormat
     from kubeflow_trainer_api import models
 
+    kserve_models = attribute_maps()
     runtime = crd_schema("servingruntime.schema.json")["$defs"]["spec"]
-    assert set(runtime["properties"]) == set(V1alpha1ServingRuntimeSpec.attribute_map.values())
+    assert set(runtime["properties"]) == set(kserve_models["V1alpha1ServingRuntimeSpec"])
     formats = runtime["properties"]["supportedModelFormats"]["items"]["properties"]
-    assert set(formats) == set(V1alpha1SupportedModelFormat.attribute_map.values())
+    assert set(formats) == set(kserve_models["V1alpha1SupportedModelFormat"])
     trainer = crd_schema("clustertrainingruntime.schema.json")
     pairs = [
         (trainer["properties"]["spec"], models.TrainerV1alpha1TrainingRuntimeSpec),

@@ -16,9 +16,9 @@ from musicrl.gateway.app import create_app
 from musicrl.gateway.config import GatewayConfig
 from musicrl.recorder.config import RecorderConfig
 from musicrl.rollout.config import ControllerConfig
-from musicrl.serving.kserve_compat import import_kserve
 from musicrl.settings import config_from
 from tests.unit.chart.rendering import MATRIX, REPO_ROOT, Rendered, pod_spec, render_case
+from tests.utils import kserve_models
 
 
 # Variables the chart sets that are not MUSICRL_* settings, and who reads them.
@@ -92,15 +92,6 @@ def http_paths(app: FastAPI) -> set[str]:
     return set(app.openapi()["paths"])
 
 
-def kserve_v2_paths() -> set[str]:
-    import_kserve()  # KServe parses sys.argv when first imported; this hides pytest's
-    from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
-
-    app = FastAPI()
-    register_v2_endpoints(app, None, None)  # type: ignore[arg-type]  # routes only; nothing is served
-    return http_paths(app)
-
-
 def probe_paths(container: dict[str, Any]) -> set[str]:
     probes = [container.get(p) for p in ("readinessProbe", "livenessProbe", "startupProbe")]
     return {probe["httpGet"]["path"] for probe in probes if probe and "httpGet" in probe}
@@ -163,7 +154,7 @@ def test_provisioning_job(case: str) -> None:
 @pytest.mark.parametrize("case", MATRIX)
 def test_model_servers(case: str) -> None:
     rendered = render_case(case)
-    v2_paths = kserve_v2_paths()
+    v2_paths = set(kserve_models.v2_paths())
     runtimes = {runtime["metadata"]["name"]: runtime for runtime in rendered.of_kind("ServingRuntime")}
     checked = 0
     for isvc in rendered.of_kind("InferenceService"):

@@ -12,7 +12,6 @@ import yaml
 
 from musicrl.bus.local_server import nats_server_binary
 from musicrl.rollout.isvc_patches import canary_name, validate_isvc
-from musicrl.serving.kserve_compat import import_kserve
 from tests.unit.chart.rendering import (
     CHART_DIR,
     KUBE_VERSION,
@@ -25,6 +24,7 @@ from tests.unit.chart.rendering import (
     values_file,
     with_values,
 )
+from tests.utils.kserve_models import attribute_maps
 
 
 # Custom resources: kubernetes-validate holds only the built-in API groups' schemas. InferenceServices are checked
@@ -311,23 +311,15 @@ def test_bundled_nats_config_is_one_nats_server_accepts(case: str, tmp_path: Pat
     assert "max_file_store: 10G\n" in conf or "max_file_store: 100G\n" in conf  # decimal units, below the PVC
 
 
-def _model_class(type_name: str) -> Any:
-    import kserve.models
-    import kubernetes.client.models
-
-    return getattr(kserve.models, type_name, None) or getattr(kubernetes.client.models, type_name, None)
-
-
 def _unknown_fields(doc: Any, type_name: str, path: str) -> list[str]:
     """Fields of ``doc`` that the API model ``type_name`` (KServe's or Kubernetes' generated client) lacks."""
     if type_name.startswith("list[") and isinstance(doc, list):
         return [bad for i, item in enumerate(doc) for bad in _unknown_fields(item, type_name[5:-1], f"{path}[{i}]")]
     if type_name.startswith("dict(str, ") and isinstance(doc, dict):
         return [bad for key, item in doc.items() for bad in _unknown_fields(item, type_name[10:-1], f"{path}.{key}")]
-    cls = _model_class(type_name)
-    if cls is None or not isinstance(doc, dict):
+    by_json = attribute_maps().get(type_name)
+    if by_json is None or not isinstance(doc, dict):
         return []  # a scalar, a quantity, or a free-form object
-    by_json = {json_key: cls.openapi_types[attr] for attr, json_key in cls.attribute_map.items()}
     unknown = [f"{path}.{key}" for key in doc if key not in by_json]
     return unknown + [
         bad
@@ -340,7 +332,6 @@ def _unknown_fields(doc: Any, type_name: str, path: str) -> list[str]:
 @pytest.mark.parametrize("case", MATRIX)
 def test_kserve_objects_use_only_fields_kserve_knows(case: str) -> None:
     # KServe's CRDs are not in kubernetes-validate; its generated API models (the kserve package) list every field
-    import_kserve()
     roots = {"InferenceService": "V1beta1InferenceServiceSpec", "ServingRuntime": "V1alpha1ServingRuntimeSpec"}
     checked = 0
     for obj in render_case(case).objects:
