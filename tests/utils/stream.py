@@ -19,7 +19,9 @@ def stream_events(nats_url: str, subject: str) -> list[Message]:
         try:
             sub = await js.pull_subscribe(subject, stream="MUSICRL")
             found: list[Message] = []
-            with contextlib.suppress(nats.errors.TimeoutError):
+            # the end of the subject: nats-py raises its own TimeoutError, or asyncio's when the deadline
+            # ran out between its two pull requests
+            with contextlib.suppress(nats.errors.TimeoutError, TimeoutError):
                 while True:
                     found += [decode_event(m.subject, m.data) for m in await sub.fetch(100, timeout=1)]
             await sub.unsubscribe()  # before the close: a pull subscription otherwise holds the drain
