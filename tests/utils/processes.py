@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -117,3 +118,57 @@ def _wait_for_url(service: ServiceProcess, url: str, timeout_s: float) -> None:
                 return
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready after {timeout_s} s:\n{service.log()}")
+
+
+class RestartableService:
+    """``python -m <module>`` as a real subprocess a test can start, SIGKILL and start again.
+
+    Each run logs to ``<log_dir>/<name>-<run>.log``.
+
+    Args:
+        module: The service module, e.g. ``services.recorder``.
+        name: The logs' prefix.
+        env: The whole environment of the process.
+        log_dir: Where each run's output goes.
+    """
+
+    def __init__(self, module: str, name: str, env: Mapping[str, str], log_dir: Path) -> None:
+        self.module, self.name, self.env, self.log_dir = module, name, dict(env), log_dir
+        self.runs = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.name}-{self.runs}.log"
+
+    def start(self) -> "RestartableService":
+        self.runs += 1
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", self.module], cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def terminate(self, timeout_s: float = 15) -> int:
+        """SIGTERM and wait; returns the exit code (kills it and fails the wait if it hangs)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def logs(self) -> str:
+        """Every run's output, in order."""
+        runs = range(1, self.runs + 1)
+        return "\n".join((self.log_dir / f"{self.name}-{i}.log").read_text(errors="replace") for i in runs)

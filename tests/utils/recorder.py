@@ -1,18 +1,15 @@
 """Run the recorder (``python -m services.recorder``) as a real subprocess, and read what it wrote."""
 
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import requests
 
-from tests.utils.processes import REPO_ROOT, free_port
+from tests.utils.processes import RestartableService, free_port
 
 
-class RecorderProcess:
+class RecorderProcess(RestartableService):
     """The recorder service against ``nats_url``, writing under ``dataset``; start, kill and stop it.
 
     Args:
@@ -24,7 +21,7 @@ class RecorderProcess:
 
     def __init__(self, nats_url: str, dataset: Path, log_dir: Path, **settings: str) -> None:
         self.metrics_port = free_port()
-        self.env = {
+        env = {
             **os.environ,
             "MUSICRL_NATS_URL": nats_url,
             "MUSICRL_DATASET_URL": str(dataset),
@@ -32,44 +29,7 @@ class RecorderProcess:
             "PYTHONUNBUFFERED": "1",
             **settings,
         }
-        self.log_dir = log_dir
-        self.runs = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def log_path(self) -> Path:
-        return self.log_dir / f"recorder-{self.runs}.log"
-
-    def start(self) -> "RecorderProcess":
-        self.runs += 1
-        with self.log_path.open("w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.recorder"],
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash or an OOM kill would."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-
-    def terminate(self, timeout_s: float = 15) -> int:
-        """SIGTERM and wait; returns the exit code (kills it and fails the wait if it hangs)."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        super().__init__("services.recorder", "recorder", env, log_dir)
 
     def metrics(self) -> str | None:
         """The Prometheus text, or None while the endpoint is not up."""
@@ -77,11 +37,6 @@ class RecorderProcess:
             return requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).text
         except requests.ConnectionError:
             return None
-
-    def logs(self) -> str:
-        return "\n".join(
-            (self.log_dir / f"recorder-{i}.log").read_text(errors="replace") for i in range(1, self.runs + 1)
-        )
 
     def close(self) -> None:
         if self.running():

@@ -3,9 +3,7 @@ correct count is known (computed here by a plain reference, independently of the
 
 import os
 import random
-import signal
 import subprocess
-import sys
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,13 +14,13 @@ from google.protobuf.message import Message
 from musicrl.bus.events import new_header
 from musicrl.rollout.routing import PolicyEndpoint
 from musicrl.v1 import events_pb2
-from tests.utils.processes import REPO_ROOT
+from tests.utils.processes import RestartableService
 
 
 CLIP_S = 4.0
 
 
-class ControllerProcess:
+class ControllerProcess(RestartableService):
     """``python -m services.rollout`` against ``nats_url``; start, kill and stop it.
 
     Args:
@@ -32,7 +30,7 @@ class ControllerProcess:
     """
 
     def __init__(self, nats_url: str, state_dir: Path, **settings: str) -> None:
-        self.env = {
+        env = {
             **os.environ,
             "MUSICRL_NATS_URL": nats_url,
             "MUSICRL_STATE_DIR": str(state_dir),
@@ -40,43 +38,15 @@ class ControllerProcess:
             "PYTHONUNBUFFERED": "1",
             **settings,
         }
-        self.log_dir = state_dir
-        self.runs = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def log_path(self) -> Path:
-        return self.log_dir / f"controller-{self.runs}.log"
-
-    def start(self) -> "ControllerProcess":
-        self.runs += 1
-        with self.log_path.open("w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.rollout"],
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash or an OOM kill would."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
+        super().__init__("services.rollout", "controller", env, state_dir)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        """SIGTERM if it runs (SIGKILL if it hangs)."""
+        if self.running():
             try:
-                self.process.wait(timeout=15)
+                self.terminate()
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def logs(self) -> str:
-        return "\n".join((self.log_dir / f"controller-{i}.log").read_text() for i in range(1, self.runs + 1))
+                pass
 
 
 @dataclass
