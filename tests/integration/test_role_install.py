@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import venv
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -25,7 +24,7 @@ import requests
 
 from musicrl.bus.local_server import LocalNatsServer
 from tests.utils.import_graph import GRAPH_SCRIPT, ROOT, declared_closure
-from tests.utils.processes import free_port
+from tests.utils.processes import ServiceProcess, free_port, stop_process, wait_for_url
 
 
 pytestmark = pytest.mark.slow
@@ -108,24 +107,10 @@ def _service(python: Path, module: str, env: Mapping[str, str], cwd: Path, url: 
             [str(python), "-m", module], cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT
         )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"{module} exited with {process.returncode}:\n{log_path.read_text()}")
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(url, timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{url} not ready after 120 s:\n{log_path.read_text()}")
-            time.sleep(0.2)
+        wait_for_url(ServiceProcess(process, 0, 0, log_path), url, timeout_s=120)
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_s=30)
 
 
 def _role_env(role: str, nats_url: str, work: Path, port: int) -> tuple[str, dict[str, str], str]:

@@ -71,16 +71,11 @@ def model_server(
         _wait_ready(service, ready_model, timeout_s)
         yield service
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_s=20)
 
 
 def _wait_ready(service: ServiceProcess, model: str, timeout_s: float) -> None:
-    _wait_for_url(service, f"http://{service.http_url}/v2/models/{model}/ready", timeout_s)
+    wait_for_url(service, f"http://{service.http_url}/v2/models/{model}/ready", timeout_s)
 
 
 @contextlib.contextmanager
@@ -97,18 +92,24 @@ def http_service(
         )
     service = ServiceProcess(process, port, 0, log_path)
     try:
-        _wait_for_url(service, f"http://127.0.0.1:{port}{ready_path}", timeout_s)
+        wait_for_url(service, f"http://127.0.0.1:{port}{ready_path}", timeout_s)
         yield service
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_s=30)
 
 
-def _wait_for_url(service: ServiceProcess, url: str, timeout_s: float) -> None:
+def stop_process(process: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_for_url(service: ServiceProcess, url: str, timeout_s: float) -> None:
+    """Wait until ``url`` answers 200; fail with the service's log if it exits or ``timeout_s`` passes."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if service.process.poll() is not None:
