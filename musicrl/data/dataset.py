@@ -16,8 +16,6 @@ the store makes visible atomically.
 import contextlib
 import datetime
 import logging
-import os
-import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 
@@ -29,6 +27,10 @@ from fsspec.implementations.local import LocalFileSystem
 from google.protobuf.message import Message
 
 from musicrl.bus.subjects import kind_of
+
+# write_durably lives in a module without pyarrow (the gateway image writes keys files with it); the recorder and
+# the trainers import it from here
+from musicrl.data.durable import write_durably as write_durably
 from musicrl.data.event_tables import arrow_schema
 from musicrl.errors import InvalidRequest
 
@@ -107,60 +109,6 @@ def parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression=PARQUET_COMPRESSION)
     return bytes(sink.getvalue())
-
-
-def write_durably(url: str, data: bytes) -> None:
-    """Write ``data`` to ``url`` so that, once this returns, it survives a crash and is never seen half-written.
-
-    Args:
-        url: Local path, ``file://`` URL or any fsspec URL.
-        data: The file's content.
-
-    Raises:
-        OSError: The file system or object store refused the write.
-    """
-    fs, path = fsspec.core.url_to_fs(url)
-    if isinstance(fs, LocalFileSystem):
-        _write_local(path, data)
-    else:
-        fs.pipe_file(path, data)  # one put: an object store makes the object visible whole or not at all
-
-
-def _write_local(path: str, data: bytes) -> None:
-    folder = os.path.dirname(path)
-    _make_dirs_durably(folder)
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    _fsync_dir(folder)
-
-
-def _make_dirs_durably(folder: str) -> None:
-    """``mkdir -p`` that also fsyncs the parent of every folder it creates, so the new entries persist."""
-    missing = []
-    current = os.path.abspath(folder)
-    while not os.path.isdir(current):
-        missing.append(current)
-        current = os.path.dirname(current)
-    for created in reversed(missing):
-        os.makedirs(created, exist_ok=True)
-        _fsync_dir(os.path.dirname(created))
-
-
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def scan_kind(

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from musicrl.data.dataset import write_durably
+from musicrl.data.durable import write_durably
 from musicrl.errors import InvalidRequest
 from musicrl.gateway.auth import ApiKey
 
