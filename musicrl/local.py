@@ -23,10 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import requests
-
 from musicrl.bus.local_server import LocalNatsServer
-from musicrl.data.dataset import write_durably
+from musicrl.data.durable import write_durably
 from musicrl.errors import InvalidRequest, MusicRLError
 from musicrl.gateway.auth import Scope, new_api_key
 from musicrl.gateway.keys_file import add_key
@@ -452,6 +450,9 @@ def _wait_ready(urls: list[str], supervisor: Supervisor, stop: threading.Event, 
 
 
 def _answers_200(url: str) -> bool:
+    # here, not at the top: the `musicrl` parser reads LocalPlatformConfig in images without requests
+    import requests
+
     try:
         return requests.get(url, timeout=2).status_code == 200
     except requests.RequestException:  # not listening yet: start-up is what is being waited for

@@ -18,6 +18,7 @@ import json
 import sys
 from typing import Any
 
+from musicrl.extras import needs_extra
 from musicrl.pipeline.kfp_config import (
     KFP_ENV_PREFIX,
     PIPELINE_ENV_PREFIX,
@@ -77,6 +78,7 @@ def add_pipeline_commands(commands: Commands) -> None:
         parser.set_defaults(command=handler)
 
 
+@needs_extra("pipeline")
 def _policy_list(args: argparse.Namespace) -> None:
     from musicrl.pipeline.registry import PolicyRegistry, version_table
 
@@ -84,6 +86,7 @@ def _policy_list(args: argparse.Namespace) -> None:
     sys.stdout.write(version_table(registry.list()))
 
 
+@needs_extra("pipeline")
 def _policy_show(args: argparse.Namespace) -> None:
     from musicrl.errors import NotFound
     from musicrl.pipeline.registry import PolicyRegistry
@@ -96,6 +99,7 @@ def _policy_show(args: argparse.Namespace) -> None:
     sys.stdout.write(json.dumps(version.to_wire(), indent=2) + "\n")
 
 
+@needs_extra("pipeline")
 def _policy_register(args: argparse.Namespace) -> None:
     from musicrl.pipeline.registry import PolicyRegistry
     from musicrl.rollout.levers import check_checkpoint
@@ -113,6 +117,7 @@ def _kfp(args: argparse.Namespace) -> tuple[Any, KfpConfig]:
     return connect(config), config
 
 
+@needs_extra("pipeline")
 def _pipeline_compile(args: argparse.Namespace) -> None:
     from musicrl.pipeline.kfp_client import compile_pipeline
 
@@ -120,6 +125,7 @@ def _pipeline_compile(args: argparse.Namespace) -> None:
     sys.stdout.write(compile_pipeline(config.pipeline, config.output) + "\n")
 
 
+@needs_extra("pipeline")
 def _pipeline_upload(args: argparse.Namespace) -> None:
     from musicrl.pipeline.kfp_client import upload_pipeline
 
@@ -136,6 +142,7 @@ def _pipeline_upload(args: argparse.Namespace) -> None:
     )
 
 
+@needs_extra("pipeline")
 def _pipeline_run(args: argparse.Namespace) -> None:
     from musicrl.pipeline.kfp_client import parse_params, run_pipeline
 
@@ -146,6 +153,7 @@ def _pipeline_run(args: argparse.Namespace) -> None:
     _write_json({"run_id": run_id, "experiment": run.experiment})
 
 
+@needs_extra("pipeline")
 def _pipeline_schedule(args: argparse.Namespace) -> None:
     from musicrl.pipeline.kfp_client import parse_params, schedule_pipeline
 

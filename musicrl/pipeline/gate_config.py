@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from musicrl.config import EngineConfig, SamplingParams
 from musicrl.errors import InvalidRequest
-from musicrl.rewards.registry import REWARD_KINDS
 from musicrl.settings import add_config_flags, config_from
 
 
@@ -37,6 +36,10 @@ class GateReward:
     min_diff: float | None = None
 
     def __post_init__(self) -> None:
+        # here, not at the top: the registry imports numpy, and the `musicrl` parser reads this module's flags in
+        # images without it
+        from musicrl.rewards.registry import REWARD_KINDS
+
         if self.name not in REWARD_KINDS:
             raise InvalidRequest(f"unknown reward {self.name!r} for the gate; known: {sorted(REWARD_KINDS)}")
         if not self.uri.strip():

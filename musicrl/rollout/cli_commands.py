@@ -20,6 +20,7 @@ from typing import Any
 
 from musicrl.config import BusConfig
 from musicrl.errors import InvalidRequest
+from musicrl.extras import needs_extra
 from musicrl.rollout.decision import Action, DecisionRule
 from musicrl.rollout.record import Status, check_canary_share
 from musicrl.settings import add_config_flags, config_from
@@ -65,6 +66,7 @@ def _who(given: str) -> str:
     return given.strip() or getpass.getuser()
 
 
+@needs_extra("rollout")
 def _status(args: argparse.Namespace) -> None:
     from musicrl.rollout.levers import open_bus
 
@@ -77,6 +79,7 @@ def _status(args: argparse.Namespace) -> None:
     asyncio.run(read())
 
 
+@needs_extra("rollout")
 def _start(args: argparse.Namespace) -> None:
     from musicrl.pipeline.registry import PolicyRegistry
     from musicrl.rollout import levers
@@ -104,6 +107,7 @@ def _start(args: argparse.Namespace) -> None:
     asyncio.run(begin())
 
 
+@needs_extra("rollout")
 def _analyse(args: argparse.Namespace) -> None:
     from musicrl.rollout import levers
     from musicrl.rollout.report import markdown
@@ -118,6 +122,7 @@ def _analyse(args: argparse.Namespace) -> None:
     asyncio.run(read())
 
 
+@needs_extra("rollout")
 def _lever(args: argparse.Namespace) -> None:
     from musicrl.errors import UpstreamUnavailable
     from musicrl.rollout import levers

@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 
 from musicrl.errors import InvalidRequest
-from musicrl.rollout.sequential import log_e_promote, log_e_rollback, win_rate_interval
 
 
 class Action(enum.StrEnum):
@@ -121,6 +120,10 @@ class Decision:
 
 def decide(evidence: Evidence, rule: DecisionRule) -> Decision:
     """Judge the evidence: roll back on a broken canary or on evidence against it, promote on evidence for it."""
+    # here, not at the top: DecisionRule is part of the controller's config, which the `musicrl` parser reads in
+    # images without scipy
+    from musicrl.rollout.sequential import log_e_promote, log_e_rollback, win_rate_interval
+
     s, f = evidence.canary_wins, evidence.stable_wins
     up, down = log_e_promote(s, f), log_e_rollback(s, f)
     crossed = evidence.promote_crossed or up >= rule.log_promote_threshold

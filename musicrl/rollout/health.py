@@ -15,7 +15,6 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from musicrl.errors import InvalidRequest, UpstreamUnavailable
@@ -284,6 +283,10 @@ async def scrape(url: str, model_name: str, timeout_s: float) -> MetricsSample:
     Raises:
         UpstreamUnavailable: The page cannot be reached, answers other than 200, or is not Prometheus text.
     """
+    # here, not at the top: Guardrails is part of the controller's config, which the `musicrl` parser reads in
+    # images without aiohttp
+    import aiohttp
+
     url = metrics_url(url)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:

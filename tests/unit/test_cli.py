@@ -1,10 +1,14 @@
 """Tests of the ``musicrl`` command line, run in-process: outputs, reproducibility and exit codes."""
 
+import argparse
 import json
 import logging
 import os
 import re
 import socket
+import subprocess
+import sys
+import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +17,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from musicrl.cli import main
+from musicrl.cli import build_parser, main
 from musicrl.gateway.auth import ApiKey
 from musicrl.v1 import events_pb2
 from tests.utils.events import listened_pair, write_dataset
+from tests.utils.import_graph import GRAPH_SCRIPT, ROOT, declared_closure
 from tests.utils.processes import REPO_ROOT, free_port
 from tests.utils.tiny_models import TINY_MUSICGEN_URI
 
@@ -288,3 +293,45 @@ def test_dataset_snapshot_prints_its_folder_on_stdout(tmp_path: Path, capsys: py
     assert capsys.readouterr().out == f"{folder}\n"
     assert _run_cli(argv) == 0  # the same snapshot again: already there, same folder printed
     assert capsys.readouterr().out == f"{folder}\n"
+
+
+# Commands that run in every image (the role-install test runs them in the light venvs), so they name no extra.
+BASE_COMMANDS = {("apikey", "new"), ("bus", "provision")}
+# What a light image lacks; the parser must build without any of it.
+HEAVY = {"numpy", "scipy", "pyarrow", "pandas", "requests", "torch", "transformers", "fastapi", "kubernetes"}
+
+
+def _leaves(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every runnable sub-command of ``parser`` with its words (``("serve", "gateway")``)."""
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not groups:
+        yield path, parser
+    for group in groups:
+        for name, child in group.choices.items():
+            yield from _leaves(child, (*path, name))
+
+
+def test_the_parser_needs_only_the_base_dependencies() -> None:
+    # a fresh interpreter: this one has torch and the rest loaded already
+    script = "import musicrl.cli\nmusicrl.cli.build_parser()\n" + GRAPH_SCRIPT
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    graph = json.loads(result.stdout)
+    imported = set(graph["imported_distributions"])
+    assert imported, "the graph script found no imports"
+    assert imported <= declared_closure(), f"the parser imports {sorted(imported - declared_closure())} at start"
+    assert not set(graph["loaded"]) & HEAVY, f"building the parser loads {sorted(set(graph['loaded']) & HEAVY)}"
+
+
+def test_every_command_names_the_extra_it_needs() -> None:
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    leaves = dict(_leaves(build_parser()))
+    assert BASE_COMMANDS <= set(leaves) and ("serve", "gateway") in leaves
+    for path, leaf in leaves.items():
+        extra = getattr(leaf.get_default("command"), "needs_extra", None)
+        if path in BASE_COMMANDS:
+            assert extra is None, f"musicrl {' '.join(path)} runs in every image, yet needs musicrl[{extra}]"
+        else:
+            assert extra in extras, f"musicrl {' '.join(path)}: mark its function with @needs_extra(EXTRA)"
