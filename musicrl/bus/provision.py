@@ -2,8 +2,8 @@
 
 The chart's install/upgrade hook Job runs it, so a cluster is provisioned by the same code the services call at
 start-up (:func:`musicrl.bus.connection.ensure_streams` and :func:`~musicrl.bus.connection.ensure_buckets`).
-The Job runs it as ``python -m musicrl.bus.provision`` (the same flags and variables as ``musicrl bus provision``),
-which imports only the bus, so it runs in the recorder's image, which lacks what the rest of the CLI imports.
+The Job runs ``musicrl bus provision`` in the recorder's image: the CLI's parser needs only the base dependencies.
+``python -m musicrl.bus.provision`` takes the same flags and variables and imports only the bus.
 """
 
 import argparse

@@ -4,6 +4,8 @@ What it costs and what is checked (measured on a shared 2-core machine, ~90 s fo
 - The light roles (gateway, recorder, rollout) are installed for real and started on loopback. One wheelhouse
   of their union is built once per module (``pip wheel``, ~15-20 s); each role then installs from it alone
   (``--no-index --find-links``: 6-9 s, against ~35 s from the package indexes) and answers its health check.
+  In each, the ``musicrl`` command shows its help and ``bus provision``'s (the chart's Job runs it in the recorder
+  image), and ``musicrl generate`` exits naming the extra it lacks instead of a traceback.
 - The torch roles (serving, train, pipeline) would unpack ~1.6 GB each (2-3.5 min for serving): by default
   what their modules import at module level is checked against what the extra installs (~10 s each).
   ``MUSICRL_TEST_TORCH_ROLE_INSTALL=1`` also installs ``serving`` in a fresh venv and starts the generator.
@@ -23,6 +25,7 @@ import pytest
 import requests
 
 from musicrl.bus.local_server import LocalNatsServer
+from musicrl.errors import MissingExtra
 from tests.utils.import_graph import GRAPH_SCRIPT, ROOT, declared_closure
 from tests.utils.processes import ServiceProcess, free_port, stop_process, wait_for_url
 
@@ -134,6 +137,32 @@ def _role_env(role: str, nats_url: str, work: Path, port: int) -> tuple[str, dic
     return "services.rollout", {**base, **metrics, "MUSICRL_STATE_DIR": str(work / "state")}, url
 
 
+def _musicrl(
+    python: Path, cwd: Path, *argv: str | Path, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The venv's ``musicrl`` console script (what a shell in the image finds on PATH), run outside the repository."""
+    return subprocess.run(
+        [str(python.parent / "musicrl"), *map(str, argv)],
+        cwd=cwd,
+        env={**_outside_env(), "MUSICRL_CACHE_DIR": str(cwd / "cache"), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _check_the_cli_runs(role: str, python: Path, cwd: Path) -> None:
+    """The parser needs only the base dependencies; a command whose extra is missing says which one to install."""
+    for argv in (["--help"], ["bus", "provision", "--help"], ["serve", role, "--help"]):
+        result = _musicrl(python, cwd, *argv)
+        assert result.returncode == 0, f"musicrl {' '.join(argv)} in the {role} venv:\n{result.stderr}"
+        assert result.stdout.startswith("usage: musicrl"), result.stdout
+    generate = _musicrl(python, cwd, "generate", "piano", "--model", "tiny://musicgen?seed=0", "-o", "x.wav")
+    assert generate.returncode == MissingExtra.exit_code, generate.stderr
+    assert "install musicrl[serving]" in generate.stderr and "Traceback" not in generate.stderr, generate.stderr
+    assert not (cwd / "x.wav").exists()
+
+
 def _installed(python: Path, cwd: Path) -> dict[str, str]:
     """Where the venv's musicrl lives, and which heavy packages it can import."""
     probe = (
@@ -158,20 +187,19 @@ def test_light_role_installs_alone_and_answers_its_health_check(
     installed = _installed(python, tmp_path)
     assert installed["musicrl"].startswith(str(tmp_path / "venv")), "ran the repository's copy, not the venv's"
     assert installed["heavy"] == [], f"the {role} extra installs {installed['heavy']}"
+    _check_the_cli_runs(role, python, tmp_path)
+    if role == "gateway":  # what NOTES.txt tells an operator to run to mint a key
+        keys = tmp_path / "keys" / "api-keys.json"
+        minted = _musicrl(python, tmp_path, "apikey", "new", "--id", "ci", "--scopes", "generate", "--keys-file", keys)
+        assert minted.returncode == 0, minted.stderr
+        assert [entry["id"] for entry in json.loads(keys.read_text())] == ["ci"]
 
     with LocalNatsServer(tmp_path / "nats") as nats:
         module, env, url = _role_env(role, nats.url, tmp_path, free_port())
         with _service(python, module, env, tmp_path, url):
             assert requests.get(url, timeout=5).status_code == 200
-        if role == "recorder":  # the chart's provisioning Job runs in the recorder image
-            provision = subprocess.run(
-                [str(python), "-m", "musicrl.bus.provision"],
-                cwd=tmp_path,
-                env={**_outside_env(), "MUSICRL_NATS_URL": nats.url},
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+        if role == "recorder":  # the chart's provisioning Job runs its command in the recorder image
+            provision = _musicrl(python, tmp_path, "bus", "provision", env={"MUSICRL_NATS_URL": nats.url})
             assert provision.returncode == 0, provision.stderr
 
 

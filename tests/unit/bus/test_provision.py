@@ -57,7 +57,7 @@ def test_provision_refuses_replicas_a_single_server_cannot_hold(nats_server: Loc
 
 
 def test_module_entry_point_reads_env(nats_server: LocalNatsServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The chart's hook Job runs `python -m musicrl.bus.provision` with MUSICRL_* variables from its ConfigMap
+    # `python -m musicrl.bus.provision` reads the MUSICRL_* variables of the chart's ConfigMap, as the CLI does
     monkeypatch.setenv("MUSICRL_NATS_URL", nats_server.url)
     monkeypatch.setenv("MUSICRL_STREAM_NAME", "FROM_ENV")
     provision.main([])

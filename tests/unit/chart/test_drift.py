@@ -1,16 +1,18 @@
 """No drift between the chart and the services: every variable it sets is one the service reads, every port and probe
-path one it serves, every command a module that runs. Checked against the config classes, the gateway's FastAPI
-routes and KServe's V2 router, not against a list kept here."""
+path one it serves, every command a module or a `musicrl` sub-command that runs. Checked against the config classes,
+the gateway's FastAPI routes and KServe's V2 router, not against a list kept here."""
 
 import dataclasses
 import importlib.util
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 
+from musicrl.cli import build_parser
 from musicrl.config import BusConfig, GeneratorServiceConfig, RewardServiceConfig
 from musicrl.gateway.app import create_app
 from musicrl.gateway.config import GatewayConfig
@@ -88,6 +90,15 @@ def assert_runs_module(command: list[str], module: str) -> None:
     assert main.exists() and '__name__ == "__main__"' in main.read_text(), f"{module} does not run as a module"
 
 
+def assert_runs_cli(command: list[str], *words: str) -> None:
+    """``musicrl WORDS...``: the console script the package installs, and a sub-command its parser knows."""
+    assert command == ["musicrl", *words]
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["musicrl"] == "musicrl.cli:main"
+    args = build_parser().parse_args(list(words))  # an unknown or incomplete sub-command exits with a usage error
+    assert callable(args.command), words
+
+
 def http_paths(app: FastAPI) -> set[str]:
     return set(app.openapi()["paths"])
 
@@ -145,7 +156,7 @@ def test_provisioning_job(case: str) -> None:
     (job,) = rendered.of_kind("Job")
     (container,) = pod_spec(job)["containers"]
     config = assert_no_drift(container_env(rendered, container), BusConfig, "provision")
-    assert_runs_module(container["command"], "musicrl.bus.provision")
+    assert_runs_cli(container["command"], "bus", "provision")
     # it provisions what the services use: the same settings from the same ConfigMap
     (gateway,) = pod_spec(rendered.workload("gateway"))["containers"]
     assert config == config_from(GatewayConfig, environ=container_env(rendered, gateway)).bus

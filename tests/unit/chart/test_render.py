@@ -122,7 +122,7 @@ def test_defaults_bundle_a_single_nats_server_and_provision_it() -> None:
     assert "cluster {" not in conf  # one server: no routes
     (job,) = rendered.of_kind("Job")
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
-    assert pod_spec(job)["containers"][0]["command"] == ["python", "-m", "musicrl.bus.provision"]
+    assert pod_spec(job)["containers"][0]["command"] == ["musicrl", "bus", "provision"]
     assert [s for s in rendered.of_kind("Service") if s["spec"].get("clusterIP") == "None"]
     assert not rendered.of_kind("Ingress")  # off unless asked for
 
