@@ -84,6 +84,7 @@ class KServeTargetConfig:
     request_timeout_s: float = 10.0  # an API call, not a rollout step: fail fast and let the controller retry
     ready_timeout_s: float = 1800.0  # pulling and loading a checkpoint on a fresh GPU node takes minutes
     ready_poll_s: float = 5.0  # status changes at pod speed; faster polling only loads the API server
+    # the chart's musicrl.rolloutFieldManager: `helm upgrade` keeps a storageUri that this manager wrote last
     field_manager: str = "musicrl-rollout"
 
     def __post_init__(self) -> None:
