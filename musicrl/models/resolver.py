@@ -16,6 +16,7 @@ import fsspec
 
 from musicrl.errors import InvalidRequest, ModelNotFound
 from musicrl.models.uri import ModelURI, Scheme
+from musicrl.toyworld.shipped import shipped_dir, shipped_names
 
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def resolve_local_dir(uri: ModelURI, cache_dir: Path | None = None) -> Path:
     """Return a local directory holding the checkpoint named by ``uri``.
 
     Args:
-        uri: A parsed model URI (not ``tiny://``, which is built in memory).
+        uri: A parsed model URI (not ``tiny://``, which is built in memory; ``toy://`` is the package's own).
         cache_dir: Where remote checkpoints are cached (default :func:`default_cache_dir`).
 
     Returns:
@@ -47,6 +48,8 @@ def resolve_local_dir(uri: ModelURI, cache_dir: Path | None = None) -> Path:
         raise InvalidRequest(f"{uri} is built in memory and has no directory")
     if uri.scheme is Scheme.LOCAL:
         return _checked_local(Path(uri.location), uri)
+    if uri.scheme is Scheme.TOY:
+        return _shipped(uri)
     if uri.scheme is Scheme.HF:
         return _download_hf(uri, cache_dir / "hf")
     return _download_fsspec(uri, cache_dir / "remote")
@@ -58,6 +61,16 @@ def _checked_local(path: Path, uri: ModelURI) -> Path:
     if not any((path / marker).exists() for marker in _COMPLETE_MARKERS):
         raise ModelNotFound(f"{path} holds no config.json or musicrl.json: it is not a save_pretrained checkpoint")
     return path
+
+
+def _shipped(uri: ModelURI) -> Path:
+    path = shipped_dir(uri.location)
+    if not path.is_dir():
+        raise ModelNotFound(
+            f"{uri} is not shipped with this package; shipped: {', '.join(shipped_names()) or 'none'} "
+            "(`musicrl toyworld train` rebuilds them)"
+        )
+    return _checked_local(path, uri)
 
 
 def _download_hf(uri: ModelURI, cache_dir: Path) -> Path:

@@ -15,6 +15,7 @@ class Scheme(enum.StrEnum):
     """Where a model's weights come from."""
 
     TINY = "tiny"  # built from a small config with seeded random weights, offline
+    TOY = "toy"  # trained on the procedural toy world and shipped in the package (musicrl.toyworld)
     HF = "hf"  # a Hugging Face Hub repository
     LOCAL = "file"  # a directory on this machine
     REMOTE = "remote"  # any other fsspec protocol: s3, gs, az, memory, ...
@@ -27,7 +28,7 @@ class ModelURI:
     Attributes:
         raw: The URI as given.
         scheme: Where the weights come from.
-        location: ``tiny``: the model kind; ``hf``: ``org/name``; ``file``: an absolute path;
+        location: ``tiny`` and ``toy``: the model kind; ``hf``: ``org/name``; ``file``: an absolute path;
             ``remote``: the full fsspec URL.
         revision: ``hf`` only: a branch, tag or commit after ``@``.
         params: ``tiny`` only: the query parameters (``seed`` and config overrides).
@@ -41,7 +42,7 @@ class ModelURI:
 
     @classmethod
     def parse(cls, uri: str) -> "ModelURI":
-        """Parse ``tiny://kind?seed=N``, ``hf://org/name[@rev]``, ``file:///dir``, a path, or ``proto://…``.
+        """Parse ``tiny://kind?seed=N``, ``toy://kind``, ``hf://org/name[@rev]``, ``file:///dir``, a path, or ``proto://…``.
 
         Args:
             uri: The model URI.
@@ -61,13 +62,15 @@ class ModelURI:
         protocol = protocol.lower()  # schemes are case-insensitive (RFC 3986 §3.1)
         if protocol == "tiny":
             return _parse_tiny(uri)
+        if protocol == "toy":
+            return _parse_toy(uri)
         if protocol == "hf":
             return _parse_hf(uri, rest)
         if protocol in ("file", "local"):
             return _parse_file(uri)
         if protocol not in fsspec.available_protocols():
             raise InvalidRequest(
-                f"unknown model URI scheme {protocol!r} in {uri!r}; use tiny://, hf://, file://, a path, "
+                f"unknown model URI scheme {protocol!r} in {uri!r}; use tiny://, toy://, hf://, file://, a path, "
                 "or an fsspec protocol such as s3:// or gs://"
             )
         return cls(raw=uri, scheme=Scheme.REMOTE, location=f"{protocol}://{rest}")
@@ -82,6 +85,13 @@ def _parse_tiny(uri: str) -> ModelURI:
         raise InvalidRequest(f"tiny URI {uri!r} names no model kind; write tiny://musicgen?seed=0")
     params = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
     return ModelURI(raw=uri, scheme=Scheme.TINY, location=parts.netloc, params=params)
+
+
+def _parse_toy(uri: str) -> ModelURI:
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.netloc or parts.path.strip("/") or parts.query:
+        raise InvalidRequest(f"toy URI {uri!r} must name a shipped model only, for example toy://musicgen")
+    return ModelURI(raw=uri, scheme=Scheme.TOY, location=parts.netloc.lower())
 
 
 def _parse_file(uri: str) -> ModelURI:

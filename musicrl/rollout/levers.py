@@ -64,7 +64,7 @@ def check_checkpoint(model_uri: str) -> None:
     uri = ModelURI.parse(model_uri)
     if uri.scheme is Scheme.TINY or uri.scheme is Scheme.HF:
         return  # built in memory / fetched by the generator from the hub: nothing to look at here
-    if uri.scheme is Scheme.LOCAL:
+    if uri.scheme in (Scheme.LOCAL, Scheme.TOY):
         config_path = str(resolve_local_dir(uri) / "config.json")
     else:
         config_path = uri.raw.rstrip("/") + "/config.json"

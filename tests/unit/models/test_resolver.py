@@ -238,3 +238,8 @@ def test_s3_checkpoint_round_trips_through_a_loopback_s3_server(s3_bucket: str, 
 def test_missing_s3_checkpoint_is_not_found(s3_bucket: str) -> None:
     with pytest.raises(ModelNotFound, match=r"no checkpoint directory at s3://.*/policies/absent"):
         load_musicgen(f"{s3_bucket}/policies/absent")
+
+
+def test_toy_uri_of_a_model_not_shipped_names_the_shipped_ones_and_the_command() -> None:
+    with pytest.raises(ModelNotFound, match=r"not shipped with this package; shipped: .*musicrl toyworld train"):
+        resolve_local_dir(ModelURI.parse("toy://no-such-model"))

@@ -133,3 +133,18 @@ def test_schemes_are_case_insensitive_and_normalised_for_fsspec():
     assert parsed.scheme is Scheme.REMOTE
     assert parsed.location == "s3://bucket/policies/v1"
     assert ModelURI.parse("HF://org/name").scheme is Scheme.HF
+
+
+@pytest.mark.parametrize("raw", ["toy://musicgen", "TOY://MusicGen", "toy://musicgen/"])
+def test_toy_uri_names_a_shipped_model(raw: str) -> None:
+    uri = ModelURI.parse(raw)
+
+    assert (uri.scheme, uri.location) == (Scheme.TOY, "musicgen")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"), [("toy://", "must name a shipped model"), ("toy://musicgen?seed=1", "must name a shipped")]
+)
+def test_toy_uri_with_nothing_or_parameters_is_refused(raw: str, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        ModelURI.parse(raw)
