@@ -24,10 +24,11 @@ from musicrl.toyworld.world import SAMPLE_RATE
 
 # A few steps on a small corpus: enough to change every weight, far from a useful model; no test split.
 TINY = ClapTrainConfig(examples=24, valid_examples=10, test_examples=0, steps=3, batch_size=8, eval_every=2)
-# The goal run: ~1/6 of the default data and steps; measured R@1 ~0.3 and ~0.75 matched over mismatched.
-SMALL = ClapTrainConfig(examples=320, valid_examples=40, test_examples=100, steps=60, batch_size=16, eval_every=30)
+# The goal run: a fifth of the default clips and a third of its steps, at half the batch (~60 s on one thread).
+# Measured on seed 0: R@1 0.39 and 0.79 matched above mismatched; seed 1 gave 0.22 and 0.83.
+SMALL = ClapTrainConfig(examples=400, valid_examples=40, test_examples=100, steps=100, batch_size=16, eval_every=50)
 R_AT_1_FLOOR = 0.2  # twice chance (1 in 10 candidates)
-MATCHED_FLOOR = 0.6  # chance is 0.5
+MATCHED_FLOOR = 0.65  # chance is 0.5
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
