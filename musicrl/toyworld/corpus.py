@@ -70,7 +70,9 @@ def degraded_example(
     words = damage_words(damage, rng)
     text = clean.caption.text + (", " + ", ".join(words) if words else "")
     caption = Caption(text=text, named=clean.caption.named)
-    return Example(index=index, clip=clean.clip, caption=caption, damage=damage, audio=degrade(clean.audio, damage, rng))
+    return Example(
+        index=index, clip=clean.clip, caption=caption, damage=damage, audio=degrade(clean.audio, damage, rng)
+    )
 
 
 def examples(seed: int, count: int, split: str | None = None, start: int = 0) -> Iterator[Example]:

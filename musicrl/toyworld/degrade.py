@@ -35,7 +35,7 @@ DEFECT_WORDS: dict[Degradation, tuple[str, ...]] = {
 CLEAN_WORDS = ("clean", "pristine")
 SNR_RANGE_DB = (30.0, 0.0)  # hiss and hum: level 0 is 30 dB below the music, level 1 as loud as it
 CLIP_DRIVE_DB = 24.0  # clipping at level 1 drives the peak this far past full scale
-CUTOFF_RANGE_HZ = (8_000.0, 400.0)  # band limit: log-spaced low-pass corner from level 0 to level 1
+CUTOFF_RANGE_HZ = (6_000.0, 400.0)  # band limit: log-spaced low-pass corner from level 0 to level 1
 # How much of the MOS scale a defect at full level removes, and how sharply it sets in (level ** shape).
 MOS_WEIGHT = {Degradation.HISS: 0.8, Degradation.HUM: 0.6, Degradation.CLIPPING: 0.85, Degradation.BAND_LIMIT: 0.7}
 MOS_SHAPE = {Degradation.HISS: 0.7, Degradation.HUM: 1.0, Degradation.CLIPPING: 0.8, Degradation.BAND_LIMIT: 1.3}

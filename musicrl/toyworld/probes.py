@@ -15,11 +15,11 @@ import scipy.signal
 from musicrl.toyworld.world import SAMPLE_RATE, Loudness, Pitch, Tempo, Timbre
 
 
-PITCH_EDGES_HZ = (147.0, 330.0)  # low | mid | high: geometric midpoints of the gaps between note ranges
+PITCH_EDGES_HZ = (173.0, 346.0)  # low | mid | high: geometric midpoints of the gaps between note ranges
 TEMPO_EDGES_HZ = (2.8, 5.7)  # slow | medium | fast
 BRIGHTNESS_EDGE = 2.2  # centroid / f0: a dark tone sits near 1.2, a bright one above 4
 LOUDNESS_EDGE_DBFS = -20.5  # soft | loud
-YIN_THRESHOLD = 0.15  # the dip that counts as periodic (YIN's paper uses 0.1 to 0.15)
+YIN_THRESHOLD = 0.2  # the dip that counts as periodic (YIN's paper uses 0.1 to 0.15; 0.2 misses fewer short periods)
 HOP_S = 0.01  # onset-envelope hop: tempi up to 50 Hz
 F0_RANGE_HZ = (60.0, 1_200.0)
 MIN_TEMPO_HZ, MAX_TEMPO_HZ = 1.0, 12.0  # periods the tempo probe looks for
@@ -129,9 +129,9 @@ def spectral_centroid_hz(audio: np.ndarray, sample_rate: int) -> float:
 
     The floor keeps the faint broadband energy of note attacks from reading as brightness.
     """
-    freqs, power = scipy.signal.welch(audio, fs=sample_rate, nperseg=2048)
+    freqs, power = scipy.signal.welch(audio, fs=sample_rate, nperseg=1024)
     magnitude = np.sqrt(power)
-    keep = (freqs >= 40.0) & (freqs <= 14_000.0) & (power >= power.max() * 1e-4)
+    keep = (freqs >= 40.0) & (freqs <= 0.45 * sample_rate) & (power >= power.max() * 1e-4)
     return float(np.sum(freqs[keep] * magnitude[keep]) / (np.sum(magnitude[keep]) + 1e-12))
 
 
@@ -144,3 +144,21 @@ def _frames(audio: np.ndarray, frame: int, hop: int) -> np.ndarray:
 def agreement(asked: Mapping[str, str], heard: Mapping[str, str]) -> dict[str, bool]:
     """For each attribute a prompt asked for and the probes could judge: did the audio do it?"""
     return {name: heard[name] == value for name, value in asked.items() if name in heard}
+
+
+def spectral_entropy(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
+    """Mean over frames of the entropy (bits) of the normalised power spectrum: high for noise, low for tones."""
+    _, _, power = scipy.signal.spectrogram(np.asarray(audio, np.float64), fs=sample_rate, nperseg=512)
+    power = power[:, power.sum(axis=0) > 0]
+    if not power.shape[1]:
+        return float("nan")
+    share = power / power.sum(axis=0, keepdims=True)
+    return float(np.mean(-np.sum(share * np.log2(share + 1e-20), axis=0)))
+
+
+def spectral_flux(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
+    """Mean change of the normalised magnitude spectrum from one frame to the next: how restless the sound is."""
+    _, _, power = scipy.signal.spectrogram(np.asarray(audio, np.float64), fs=sample_rate, nperseg=512)
+    magnitude = np.sqrt(power)
+    magnitude = magnitude / (np.linalg.norm(magnitude, axis=0, keepdims=True) + 1e-12)
+    return float(np.mean(np.linalg.norm(np.diff(magnitude, axis=1), axis=0))) if magnitude.shape[1] > 1 else 0.0

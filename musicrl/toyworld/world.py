@@ -16,9 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 
 
-SAMPLE_RATE = 32_000  # MusicGen's EnCodec rate: the codec and the policy see the world at its own rate
+# Half MusicGen's 32 kHz, at the same 50 frames/s: the toy codec's decoder then renders 320 samples a frame
+# instead of 640, which is what lets it learn to play pitched notes on two cores (at 32 kHz it was still
+# emitting silence after the steps the whole budget allows).
+SAMPLE_RATE = 16_000
 CLIP_S = 2.0  # long enough for three notes at the slowest tempo, short enough to train on on a CPU
-MAX_PARTIAL_HZ = 12_000.0  # the brightest timbres stop here, well under the 16 kHz Nyquist limit
+MAX_PARTIAL_HZ = 7_000.0  # the brightest timbres stop here, under the 8 kHz Nyquist limit
 
 
 class Pitch(enum.StrEnum):
@@ -67,13 +70,16 @@ ATTRIBUTE_TYPES: dict[str, type[enum.StrEnum]] = {
 }
 
 # Class ranges, with gaps between neighbours so that a probe's threshold sits in empty space.
-PITCH_MIDI = {Pitch.LOW: (40, 46), Pitch.MID: (54, 60), Pitch.HIGH: (68, 75)}  # centre note, inclusive
-MELODY_SPAN = 2  # a melody wanders at most this many semitones from its centre
+# Every note is a multiple of 25 Hz, so its waveform repeats every two 20 ms codec frames whatever came
+# before: notes of a harmonic series, like a natural horn's. A codec's decoder then renders each frame from
+# its own code without tracking phase across frames, which is what lets one learn pitched notes in minutes.
+PITCH_GRID_HZ = 25.0
+PITCH_HZ = {Pitch.LOW: (75.0, 150.0), Pitch.MID: (200.0, 300.0), Pitch.HIGH: (400.0, 700.0)}  # inclusive
+MELODY_SPAN = 3  # grid steps a melody wanders from its centre (within its class's range)
 TEMPO_HZ = {Tempo.SLOW: (1.5, 2.2), Tempo.MEDIUM: (3.6, 4.6), Tempo.FAST: (7.0, 9.0)}  # notes per second
 HARMONIC_SLOPE = {Timbre.DARK: (2.6, 3.4), Timbre.BRIGHT: (0.5, 0.9)}  # partial n has amplitude n ** -slope
 DARK_PARTIALS = 3  # a dark tone stops after its third harmonic
 LOUDNESS_DBFS = {Loudness.SOFT: (-30.0, -25.0), Loudness.LOUD: (-16.0, -11.0)}  # RMS over the clip
-PENTATONIC = (0, 2, 4, 7, 9)  # melodies step through a major pentatonic scale: no clashing semitones
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +95,16 @@ class Attributes:
     @classmethod
     def draw(cls, rng: np.random.Generator) -> "Attributes":
         """Each attribute uniformly from its classes."""
-        values = {name: kind(rng.choice([v.value for v in kind])) for name, kind in ATTRIBUTE_TYPES.items()}
-        return cls(**values)
+        def pick(kind: type[enum.StrEnum]) -> str:
+            return str(rng.choice([v.value for v in kind]))
+
+        return cls(
+            pitch=Pitch(pick(Pitch)),
+            tempo=Tempo(pick(Tempo)),
+            timbre=Timbre(pick(Timbre)),
+            loudness=Loudness(pick(Loudness)),
+            texture=Texture(pick(Texture)),
+        )
 
     def as_dict(self) -> dict[str, str]:
         """``{"pitch": "low", ...}``, the form stored in tables and manifests."""
@@ -103,7 +117,7 @@ class Piece:
 
     Attributes:
         attributes: The words that describe it.
-        notes_midi: The note of each onset (a drone repeats one note).
+        notes_hz: The fundamental of each onset (a drone repeats one note).
         note_rate_hz: Onsets (notes or swells) per second.
         harmonic_slope: Partial ``n`` has amplitude ``n ** -harmonic_slope``.
         rms_dbfs: Level of the whole clip.
@@ -111,7 +125,7 @@ class Piece:
     """
 
     attributes: Attributes
-    notes_midi: tuple[int, ...]
+    notes_hz: tuple[float, ...]
     note_rate_hz: float
     harmonic_slope: float
     rms_dbfs: float
@@ -120,18 +134,19 @@ class Piece:
 
 def compose(attributes: Attributes, rng: np.random.Generator, duration_s: float = CLIP_S) -> Piece:
     """Draw the values of a piece within its attributes' ranges."""
-    low, high = PITCH_MIDI[attributes.pitch]
-    centre = int(rng.integers(low, high + 1))
+    low, high = PITCH_HZ[attributes.pitch]
+    grid = np.arange(low, high + PITCH_GRID_HZ / 2, PITCH_GRID_HZ)
+    centre = int(rng.integers(len(grid)))
     rate = float(rng.uniform(*TEMPO_HZ[attributes.tempo]))
     onsets = int(np.ceil(duration_s * rate)) + 1
     if attributes.texture is Texture.DRONE:
-        notes = (centre,) * onsets
+        notes = (float(grid[centre]),) * onsets
     else:
-        scale = [centre + step for step in _scale_steps(centre) if abs(step) <= MELODY_SPAN]
-        notes = tuple(int(n) for n in rng.choice(scale, size=onsets))
+        nearby = grid[max(0, centre - MELODY_SPAN) : centre + MELODY_SPAN + 1]
+        notes = tuple(float(n) for n in rng.choice(nearby, size=onsets))
     return Piece(
         attributes=attributes,
-        notes_midi=notes,
+        notes_hz=notes,
         note_rate_hz=rate,
         harmonic_slope=float(rng.uniform(*HARMONIC_SLOPE[attributes.timbre])),
         rms_dbfs=float(rng.uniform(*LOUDNESS_DBFS[attributes.loudness])),
@@ -139,20 +154,16 @@ def compose(attributes: Attributes, rng: np.random.Generator, duration_s: float 
     )
 
 
-def _scale_steps(centre: int) -> list[int]:
-    # Semitone steps from the centre that stay on the pentatonic scale rooted a fifth below it.
-    root = centre - 7
-    return [n - centre for n in range(centre - MELODY_SPAN, centre + MELODY_SPAN + 1) if (n - root) % 12 in PENTATONIC]
-
-
 def render(piece: Piece, duration_s: float = CLIP_S, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """The piece as float32 mono samples in [-1, 1]."""
     t = np.arange(int(round(duration_s * sample_rate))) / sample_rate
     period = 1.0 / piece.note_rate_hz
-    slot = np.clip(np.floor((t - piece.offset_s) / period).astype(np.int64) + 1, 0, len(piece.notes_midi) - 1)
+    slot = np.clip(np.floor((t - piece.offset_s) / period).astype(np.int64) + 1, 0, len(piece.notes_hz) - 1)
     since_onset = (t - piece.offset_s) - (slot - 1) * period  # seconds since the current note began
-    f0 = 440.0 * 2.0 ** ((np.asarray(piece.notes_midi)[slot] - 69) / 12)
-    phase = 2 * np.pi * np.cumsum(f0) / sample_rate  # integrated, so note changes do not click
+    f0 = np.asarray(piece.notes_hz)[slot]
+    # Phase from absolute time, not integrated: a note's waveform is then the same in every frame it fills.
+    # A melody's note changes fall where its envelope restarts from silence, so they do not click.
+    phase = 2 * np.pi * f0 * t
     if piece.attributes.texture is Texture.DRONE:
         envelope = 0.25 + 0.75 * np.sin(np.pi * np.clip(since_onset / period, 0, 1)) ** 2  # swells, never silent
     else:
