@@ -18,6 +18,7 @@
     musicrl pipeline compile|upload|run|schedule     # KFP_HOST, KFP_NAMESPACE, KFP_TOKEN
     musicrl serve rollout --nats-url URL [--target local|kserve]
     musicrl rollout status|start VERSION|analyse|promote|rollback --nats-url URL
+    musicrl toyworld train [--seed N] [--out-dir DIR] [--quick true]   # the shipped toy:// models
 
 Flags are derived from the config dataclasses (``musicrl.settings``); errors the user can fix end the
 process with a sentence on stderr and the exit code of their class (``musicrl.errors``).
@@ -54,6 +55,7 @@ from musicrl.rewards.quality_config import QualityTrainConfig
 from musicrl.rollout.cli_commands import add_rollout_commands
 from musicrl.rollout.config import ControllerConfig
 from musicrl.settings import add_config_flags, config_from
+from musicrl.toyworld.cli_commands import add_toyworld_commands
 
 
 logger = logging.getLogger("musicrl")
@@ -164,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_policy_commands(commands)
     add_pipeline_commands(commands)
     add_rollout_commands(commands)
+    add_toyworld_commands(commands)
     return parser
 
 

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import PreTrainedTokenizerFast
 
 from musicrl.toyworld.captions import vocabulary
-from musicrl.toyworld.degrade import CLEAN_WORDS, DEFECT_WORDS
+from musicrl.toyworld.degrade import CLEAN_WORDS, DEFECT_WORDS, DEGREE_WORDS
 
 
 PUNCTUATION = (",", ":", "-", ".")
@@ -21,7 +21,8 @@ ROBERTA_MASK = "<mask>"
 
 
 def _words() -> list[str]:
-    quality = {part for words in (*DEFECT_WORDS.values(), CLEAN_WORDS) for word in words for part in word.split("-")}
+    quality_words = [word for words in (*DEFECT_WORDS.values(), CLEAN_WORDS, DEGREE_WORDS) for word in words]
+    quality = {part for word in quality_words for part in word.split("-")}
     return [*PUNCTUATION, *sorted(set(vocabulary()) | quality)]
 
 

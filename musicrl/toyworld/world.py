@@ -95,6 +95,7 @@ class Attributes:
     @classmethod
     def draw(cls, rng: np.random.Generator) -> "Attributes":
         """Each attribute uniformly from its classes."""
+
         def pick(kind: type[enum.StrEnum]) -> str:
             return str(rng.choice([v.value for v in kind]))
 

@@ -83,12 +83,15 @@ def test_each_degradation_changes_the_audio_more_at_a_higher_level(kind: Degrada
     assert 0 < np.abs(mild - clean).mean() < np.abs(severe - clean).mean()
 
 
-def test_degraded_captions_name_clear_defects_after_the_music() -> None:
-    example = degraded_example(0, 5, (Degradation.BAND_LIMIT,), clean_p=0.0)
+def test_degraded_captions_name_audible_defects_with_their_degree_after_the_music() -> None:
+    for index in range(40):
+        example = degraded_example(0, index, (Degradation.BAND_LIMIT,), clean_p=0.0)
+        text, level = example.caption.text, example.damage.levels[Degradation.BAND_LIMIT]
 
-    assert example.caption.text.startswith(clean_example(0, 5).caption.text)
-    level = example.damage.levels[Degradation.BAND_LIMIT]
-    assert (("muffled" in example.caption.text) or ("lo-fi" in example.caption.text)) == (level >= 0.3)
+        assert text.startswith(clean_example(0, index).caption.text)
+        assert (("muffled" in text) or ("lo-fi" in text)) == (level >= 0.15)
+        assert ("slightly " in text) == (0.15 <= level < 0.4)
+        assert ("very " in text) == (level >= 0.75)
 
 
 def test_splits_go_by_caption_text_about_eighty_ten_ten() -> None:
