@@ -96,6 +96,11 @@ def byte_level_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer.decoder = decoders.ByteLevel()
+    return with_t5_conventions(tokenizer, model_max_length)
+
+
+def with_t5_conventions(tokenizer: Tokenizer, model_max_length: int) -> PreTrainedTokenizerFast:
+    """Wrap a ``tokenizers`` vocabulary (specials first: ``<pad> </s> <unk>``) as T5's: ``text </s>``."""
     tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,

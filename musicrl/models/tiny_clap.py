@@ -126,6 +126,14 @@ def roberta_byte_tokenizer(model_max_length: int = CLAP_MAX_TEXT_TOKENS) -> PreT
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer.decoder = decoders.ByteLevel()
+    return with_roberta_conventions(tokenizer, model_max_length)
+
+
+def with_roberta_conventions(tokenizer: Tokenizer, model_max_length: int) -> PreTrainedTokenizerFast:
+    """Wrap a ``tokenizers`` vocabulary (specials first: ``<s> <pad> </s> <unk>``, ``<mask>`` in it) as RoBERTa's.
+
+    Every text becomes ``<s> text </s>``, which CLAP's text pooler (the first token) needs.
+    """
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
     )

@@ -7,9 +7,12 @@ text still tokenizes: a word outside the world's vocabulary becomes ``<unk>``. B
 they read a Hub checkpoint's.
 """
 
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from musicrl.models.tiny import with_t5_conventions
+from musicrl.models.tiny_clap import MASK_TOKEN as ROBERTA_MASK
+from musicrl.models.tiny_clap import with_roberta_conventions
 from musicrl.toyworld.captions import vocabulary
 from musicrl.toyworld.degrade import CLEAN_WORDS, DEFECT_WORDS, DEGREE_WORDS
 
@@ -17,7 +20,6 @@ from musicrl.toyworld.degrade import CLEAN_WORDS, DEFECT_WORDS, DEGREE_WORDS
 PUNCTUATION = (",", ":", "-", ".")
 T5_SPECIALS = ("<pad>", "</s>", "<unk>")  # T5's ids 0, 1, 2
 ROBERTA_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # RoBERTa's ids 0, 1, 2, 3
-ROBERTA_MASK = "<mask>"
 
 
 def _words() -> list[str]:
@@ -36,29 +38,9 @@ def _tokenizer(specials: tuple[str, ...], extra: tuple[str, ...] = ()) -> Tokeni
 
 def t5_word_tokenizer(model_max_length: int = 64) -> PreTrainedTokenizerFast:
     """T5's conventions: ``words </s>``, pad 0, eos 1, unk 2."""
-    tokenizer = _tokenizer(T5_SPECIALS)
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="<pad>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        model_max_length=model_max_length,
-    )
+    return with_t5_conventions(_tokenizer(T5_SPECIALS), model_max_length)
 
 
 def roberta_word_tokenizer(model_max_length: int = 32) -> PreTrainedTokenizerFast:
     """RoBERTa's conventions, as CLAP's text tower expects: ``<s> words </s>``, pad 1, ``<mask>`` last."""
-    tokenizer = _tokenizer(ROBERTA_SPECIALS, (ROBERTA_MASK,))
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        pad_token="<pad>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        mask_token=ROBERTA_MASK,
-        model_max_length=model_max_length,
-    )
+    return with_roberta_conventions(_tokenizer(ROBERTA_SPECIALS, (ROBERTA_MASK,)), model_max_length)
