@@ -7,9 +7,8 @@ rule, which is here (:class:`ResidualQuantizerTrainer`): codebooks updated as ex
 their assigned vectors (k-means online, as EnCodec and SoundStream do), a straight-through gradient to the
 encoder, a commitment loss, and dead codes re-seeded from the batch. The loss is a multi-scale mel distance
 (:mod:`musicrl.toyworld.mel_loss`) plus a waveform L1 term, as EnCodec's; there is no adversary, which two
-cores could not afford. The first steps train the autoencoder without the quantiser: a waveform autoencoder
-first sits on a plateau where it emits silence, and codebooks seeded from a silent encoder would all
-collapse onto it.
+cores could not afford. Trained from scratch, a waveform autoencoder first sits on a plateau where it emits
+silence; the toy world's recipe of each frame gets it off (:mod:`musicrl.toyworld.codec_curriculum`).
 """
 
 import logging
@@ -22,6 +21,7 @@ import torch
 from tqdm import tqdm
 from transformers import EncodecConfig, EncodecModel
 
+from musicrl.toyworld.codec_curriculum import FEATURES, frame_features
 from musicrl.toyworld.corpus import examples
 from musicrl.toyworld.mel_loss import MultiScaleMelLoss
 from musicrl.toyworld.world import SAMPLE_RATE
@@ -37,16 +37,17 @@ RESEED_EVERY = 25  # steps between re-seeding dead codes
 
 @dataclass(frozen=True, slots=True)
 class CodecTrainConfig:
-    """How the toy codec is trained.
+    """How the toy codec is trained (the three stages are in :mod:`musicrl.toyworld.codec_curriculum`).
 
     Attributes:
         seed: Fixes the corpus, the crops and the initial weights.
         clips: Training clips in the pool (train split of the clean corpus).
-        steps: Optimiser steps.
+        decoder_steps: Stage 1: the decoder renders frames from their recipe.
+        encoder_steps: Stage 2: the encoder recovers the recipe from the audio.
+        steps: Stage 3: the whole codec, quantiser included, on reconstruction alone.
         batch_size: Crops per step.
-        crop_frames: Frames per crop (``crop_frames * 640`` samples).
-        learning_rate: Adam's step size, decayed linearly to a tenth over the last ``decay_share`` of steps.
-        autoencoder_share: Share of the steps trained before the quantiser is switched on.
+        crop_frames: Frames per crop (``crop_frames * HOP`` samples, starting on a frame boundary).
+        learning_rate: Adam's step size; stage 3 decays it linearly to a tenth over its last ``decay_share``.
         waveform_weight: Weight of the waveform L1 term beside the mel distance.
         num_filters: Width of the first convolution; each of the 4 down-sampling stages doubles it.
         codebook_size: Entries per codebook: the toy MusicGen's vocabulary.
@@ -57,14 +58,15 @@ class CodecTrainConfig:
     """
 
     seed: int = 0
-    clips: int = 1_500
-    steps: int = 1_000
-    batch_size: int = 12
-    crop_frames: int = 32  # 0.64 s: three notes at the fastest tempo, and convolutions are shift-invariant
-    learning_rate: float = 2e-3
-    decay_share: float = 0.3
-    autoencoder_share: float = 0.25
-    waveform_weight: float = 1.0  # the waveform term is what gets the decoder off its silent plateau quickly
+    clips: int = 1_000
+    decoder_steps: int = 1_000  # left the silent plateau by step 100; rendered pitch right 80% of the time by 400
+    encoder_steps: int = 300
+    steps: int = 1_000  # 500 (after 500 and 200) kept pitch 63%, tempo 80%, timbre 100%, loudness 80%
+    batch_size: int = 16
+    crop_frames: int = 16  # 0.32 s: the decoder's receptive field is a few frames; short crops are cheap
+    learning_rate: float = 3e-3
+    decay_share: float = 0.5
+    waveform_weight: float = 1.0
     num_filters: int = 16
     codebook_size: int = 256
     latent_dim: int = 32
@@ -77,6 +79,10 @@ class CodecTrainConfig:
             raise ValueError(f"codebook_size={self.codebook_size} must be a power of two (whole bits per code)")
         if min(self.clips, self.steps, self.batch_size, self.crop_frames, self.threads) < 1:
             raise ValueError("clips, steps, batch_size, crop_frames and threads must be positive")
+        if min(self.decoder_steps, self.encoder_steps) < 0:
+            raise ValueError("decoder_steps and encoder_steps must be >= 0")
+        if self.latent_dim < FEATURES:
+            raise ValueError(f"latent_dim={self.latent_dim} must hold the curriculum's {FEATURES} features")
 
 
 def codec_config(config: CodecTrainConfig) -> EncodecConfig:
@@ -163,65 +169,91 @@ class ResidualQuantizerTrainer:
         codebook.embed_avg.copy_(embed)  # transformers' buffer; kept equal so a saved codec is consistent
 
 
-def crop_pool(config: CodecTrainConfig) -> torch.Tensor:
-    """The training clips, float32 [clips, samples]."""
-    clips = [
-        e.audio for e in tqdm(examples(config.seed, config.clips, split="train"), total=config.clips, desc="clips")
-    ]
-    return torch.from_numpy(np.stack(clips))
+@dataclass(frozen=True, slots=True)
+class _Pool:
+    audio: torch.Tensor  # float32 [N, samples]
+    features: torch.Tensor  # float32 [N, latent_dim, frames]: each frame's recipe
+
+    def crops(self, count: int, frames: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Audio [B, frames * HOP] and features [B, D, frames] of ``count`` frame-aligned crops."""
+        rows = torch.randint(len(self.audio), (count,), generator=generator)
+        starts = torch.randint(self.features.shape[-1] - frames + 1, (count,), generator=generator)
+        pairs = list(zip(rows.tolist(), starts.tolist(), strict=True))
+        audio = torch.stack([self.audio[r, s * HOP : (s + frames) * HOP] for r, s in pairs])
+        return audio, torch.stack([self.features[r, :, s : s + frames] for r, s in pairs])
+
+
+def _pool(config: CodecTrainConfig) -> _Pool:
+    chosen = list(tqdm(examples(config.seed, config.clips, split="train"), total=config.clips, desc="clips"))
+    audio = np.stack([e.audio for e in chosen])
+    features = np.stack([frame_features(e.clip.piece, e.audio, config.latent_dim) for e in chosen])
+    return _Pool(torch.from_numpy(audio), torch.from_numpy(features))
 
 
 def train_codec(config: CodecTrainConfig) -> tuple[EncodecModel, list[dict[str, Any]]]:
-    """Train a codec; return it (eval mode) and one metrics record per logged step."""
+    """Train a codec through the three stages; return it (eval mode) and one metrics record per logged step."""
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     generator = torch.Generator().manual_seed(config.seed)
     model = EncodecModel(codec_config(config)).train()
-    quantizer = ResidualQuantizerTrainer(model, config.ema_decay, generator)
-    loss_fn = MultiScaleMelLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.5, 0.9))
-    decay_from = int(config.steps * (1 - config.decay_share))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 1.0 - 0.9 * max(0, step - decay_from) / max(1, config.steps - decay_from)
-    )
-    pool = crop_pool(config)
-    crop = config.crop_frames * HOP
+    pool = _pool(config)
     history: list[dict[str, Any]] = []
-    progress = tqdm(range(config.steps), desc="codec")
-    quantise_from = int(config.steps * config.autoencoder_share)
-    for step in progress:
-        batch = _crops(pool, config.batch_size, crop, generator)  # [B, samples]
-        latent = model.encoder(batch[:, None])
-        commitment = latent.new_zeros(())
-        if step >= quantise_from:
-            latent, commitment = quantizer(latent, learn=True)
-        reconstruction = model.decoder(latent)[:, 0, : batch.shape[1]]
-        mel = loss_fn(reconstruction, batch)
-        waveform = (reconstruction - batch).abs().mean() / (batch.abs().mean() + 1e-8)
-        loss = mel + config.waveform_weight * waveform + config.commitment * commitment
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        if step % 10 == 0 or step == config.steps - 1:
-            row = {
-                "step": step,
-                "loss": loss.item(),
-                "mel": mel.item(),
-                "waveform": waveform.item(),
-                "commitment": commitment.item(),
-                "codes_used": quantizer.codes_in_use(),
-            }
-            history.append(row)
-            progress.set_postfix(mel=f"{row['mel']:.3f}", waveform=f"{row['waveform']:.3f}")
+    stages = (("decoder", config.decoder_steps), ("encoder", config.encoder_steps), ("codec", config.steps))
+    quantizer = ResidualQuantizerTrainer(model, config.ema_decay, generator)
+    offset = 0
+    for stage, steps in stages:
+        step = _stage(stage, steps, model, quantizer, pool, config, generator)
+        history += [{**row, "step": row["step"] + offset, "stage": stage} for row in step]
+        offset += steps
     return model.eval(), history
 
 
-def _crops(pool: torch.Tensor, count: int, length: int, generator: torch.Generator) -> torch.Tensor:
-    rows = torch.randint(len(pool), (count,), generator=generator)
-    starts = torch.randint(pool.shape[1] - length + 1, (count,), generator=generator)
-    return torch.stack([pool[r, s : s + length] for r, s in zip(rows.tolist(), starts.tolist(), strict=True)])
+def _stage(
+    stage: str,
+    steps: int,
+    model: EncodecModel,
+    quantizer: "ResidualQuantizerTrainer",
+    pool: _Pool,
+    config: CodecTrainConfig,
+    generator: torch.Generator,
+) -> list[dict[str, Any]]:
+    trained = {"decoder": model.decoder, "encoder": model.encoder, "codec": model}[stage]
+    optimizer = torch.optim.Adam(trained.parameters(), lr=config.learning_rate, betas=(0.5, 0.9))
+    decay_from = int(steps * (1 - config.decay_share)) if stage == "codec" else steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 1.0 - 0.9 * max(0, step - decay_from) / max(1, steps - decay_from)
+    )
+    loss_fn = MultiScaleMelLoss()
+    weights = {"features": 1.0, "mel": 1.0, "waveform": config.waveform_weight, "commitment": config.commitment}
+    history: list[dict[str, Any]] = []
+    progress = tqdm(range(steps), desc=f"codec: {stage}")
+    for step in progress:
+        audio, recipe = pool.crops(config.batch_size, config.crop_frames, generator)
+        if stage == "encoder":
+            losses = {"features": torch.mean((model.encoder(audio[:, None]) - recipe) ** 2)}
+        else:
+            latent, commitment = recipe, recipe.new_zeros(())
+            if stage == "codec":
+                latent, commitment = quantizer(model.encoder(audio[:, None]), learn=True)
+            reconstruction = model.decoder(latent)[:, 0, : audio.shape[1]]
+            losses = {
+                "mel": loss_fn(reconstruction, audio),
+                "waveform": (reconstruction - audio).abs().mean() / (audio.abs().mean() + 1e-8),
+                "commitment": commitment,
+            }
+        loss = sum((weights[name] * value for name, value in losses.items()), torch.zeros(()))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained.parameters(), 10.0)
+        optimizer.step()
+        scheduler.step()
+        if step % 10 == 0 or step == steps - 1:
+            row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+            if stage == "codec":
+                row["codes_used"] = quantizer.codes_in_use()
+            history.append(row)
+            progress.set_postfix(loss=f"{row['loss']:.3f}")
+    return history
 
 
 @torch.no_grad()

@@ -38,7 +38,9 @@ HELD_OUT_CLIPS = 120  # test-split captions each model is judged on after traini
 def codec_settings(config: ToyWorldTrainConfig) -> train_codec.CodecTrainConfig:
     """The codec's training config."""
     if config.quick:
-        return train_codec.CodecTrainConfig(seed=config.seed, clips=16, steps=3, batch_size=2, threads=config.threads)
+        return train_codec.CodecTrainConfig(
+            seed=config.seed, clips=16, decoder_steps=2, encoder_steps=2, steps=3, batch_size=2, threads=config.threads
+        )
     return train_codec.CodecTrainConfig(seed=config.seed, threads=config.threads)
 
 
@@ -141,8 +143,8 @@ def _train_policy(config: ToyWorldTrainConfig, out: Path) -> dict[str, dict[str,
     plot_history(
         codec_history,
         out / "musicgen" / f"codec_{PLOT_FILE}",
-        "Toy EnCodec",
-        {"mel distance": ["mel"], "codes": ["codes_used"]},
+        "Toy EnCodec: decoder from the recipe, encoder to the recipe, then the whole codec",
+        {"reconstruction": ["mel", "waveform"], "encoder": ["features"], "codes in use": ["codes_used"]},
     )
     plot_history(policy_history, out / "musicgen" / PLOT_FILE, "Toy MusicGen", {"cross-entropy": ["loss"]})
     engine = GenerationEngine.from_uri(str(out / "musicgen"), EngineConfig())

@@ -132,6 +132,12 @@ class Piece:
     rms_dbfs: float
     offset_s: float
 
+    def note_at(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For times ``t`` (s): the index of the sounding note, and seconds since it began."""
+        period = 1.0 / self.note_rate_hz
+        slot = np.clip(np.floor((t - self.offset_s) / period).astype(np.int64) + 1, 0, len(self.notes_hz) - 1)
+        return slot, (t - self.offset_s) - (slot - 1) * period
+
 
 def compose(attributes: Attributes, rng: np.random.Generator, duration_s: float = CLIP_S) -> Piece:
     """Draw the values of a piece within its attributes' ranges."""
@@ -158,23 +164,25 @@ def compose(attributes: Attributes, rng: np.random.Generator, duration_s: float 
 def render(piece: Piece, duration_s: float = CLIP_S, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """The piece as float32 mono samples in [-1, 1]."""
     t = np.arange(int(round(duration_s * sample_rate))) / sample_rate
-    period = 1.0 / piece.note_rate_hz
-    slot = np.clip(np.floor((t - piece.offset_s) / period).astype(np.int64) + 1, 0, len(piece.notes_hz) - 1)
-    since_onset = (t - piece.offset_s) - (slot - 1) * period  # seconds since the current note began
+    slot, since_onset = piece.note_at(t)
     f0 = np.asarray(piece.notes_hz)[slot]
     # Phase from absolute time, not integrated: a note's waveform is then the same in every frame it fills.
     # A melody's note changes fall where its envelope restarts from silence, so they do not click.
     phase = 2 * np.pi * f0 * t
-    if piece.attributes.texture is Texture.DRONE:
-        envelope = 0.25 + 0.75 * np.sin(np.pi * np.clip(since_onset / period, 0, 1)) ** 2  # swells, never silent
-    else:
-        attack = np.clip(since_onset / 0.004, 0, 1)
-        envelope = attack * np.exp(-since_onset / (0.45 * period))  # slot 0 is a note begun before the clip
     wave = _harmonics(phase, f0, piece.harmonic_slope, piece.attributes.timbre)
-    audio = envelope * wave
+    audio = envelope(piece, since_onset) * wave
     rms = float(np.sqrt(np.mean(audio**2))) or 1.0
     audio *= 10 ** (piece.rms_dbfs / 20) / rms
     return np.clip(audio, -1.0, 1.0).astype(np.float32)
+
+
+def envelope(piece: Piece, since_onset: np.ndarray) -> np.ndarray:
+    """The amplitude envelope (before the clip's gain) ``since_onset`` seconds into the current note."""
+    period = 1.0 / piece.note_rate_hz
+    if piece.attributes.texture is Texture.DRONE:
+        return 0.25 + 0.75 * np.sin(np.pi * np.clip(since_onset / period, 0, 1)) ** 2  # swells, never silent
+    attack = np.clip(since_onset / 0.004, 0, 1)
+    return attack * np.exp(-since_onset / (0.45 * period))  # slot 0 is a note begun before the clip
 
 
 def _harmonics(phase: np.ndarray, f0: np.ndarray, slope: float, timbre: Timbre) -> np.ndarray:

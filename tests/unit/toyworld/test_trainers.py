@@ -11,7 +11,15 @@ from musicrl.toyworld.train_codec import CodecTrainConfig, decode, encode, train
 from musicrl.toyworld.train_policy import PolicyTrainConfig, train_policy, training_set
 
 
-QUICK_CODEC = {"clips": 8, "steps": 4, "batch_size": 2, "crop_frames": 8, "threads": 1}
+QUICK_CODEC = {
+    "clips": 8,
+    "decoder_steps": 2,
+    "encoder_steps": 2,
+    "steps": 3,
+    "batch_size": 2,
+    "crop_frames": 8,
+    "threads": 1,
+}
 QUICK_POLICY = {"clips": 8, "steps": 4, "batch_size": 4, "threads": 1}
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from musicrl.toyworld.captions import describe, read_prompt, vocabulary
+from musicrl.toyworld.codec_curriculum import FEATURES, PITCHES, frame_features
 from musicrl.toyworld.corpus import clean_example, degraded_example, split_of
 from musicrl.toyworld.degrade import Damage, Degradation, degrade, mean_opinion_score
 from musicrl.toyworld.probes import measure, spectral_entropy, spectral_flux
@@ -121,3 +122,17 @@ def test_word_tokenizers_cover_every_caption_word_and_map_others_to_unk() -> Non
         assert "<unk>" not in tokens
         assert "<unk>" in tokenizer.convert_ids_to_tokens(tokenizer("a xylophone").input_ids)
     assert "melody" in vocabulary() and "and" in vocabulary()
+
+
+def test_the_codec_curriculum_reads_each_frames_note_and_level_off_the_recipe() -> None:
+    clip = draw_clip(4)
+    features = frame_features(clip.piece, clip.audio, 32)
+
+    assert features.shape == (32, 100) and not features[FEATURES:].any()
+    notes = PITCHES[features[: len(PITCHES)].argmax(axis=0)]
+    assert set(notes) <= set(clip.piece.notes_hz)
+    assert np.all(features[: len(PITCHES)].sum(axis=0) == 1)
+    frame_rms = np.sqrt(np.mean(clip.audio.reshape(100, -1).astype(np.float64) ** 2, axis=1))
+    assert np.corrcoef(features[len(PITCHES)], frame_rms)[0, 1] > 0.999
+    with pytest.raises(ValueError, match="needs at least"):
+        frame_features(clip.piece, clip.audio, FEATURES - 1)
