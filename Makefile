@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 TORCH_VERSION := 2.13.0
-RUN_MODEL ?= tiny://musicgen?seed=0
+RUN_MODEL ?= toy://musicgen
 
 .PHONY: setup system-deps run test test-fast lint format proto bench lock clean
 

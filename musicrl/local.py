@@ -97,7 +97,7 @@ class LocalPlatformConfig:
         restarts: When a service that exited is restarted, and when ``musicrl up`` gives up.
     """
 
-    model_uri: str = "tiny://musicgen?seed=0"  # offline: a real architecture with seeded weights
+    model_uri: str = "toy://musicgen"  # offline: trained here on the toy world, so the prompt matters
     state_dir: str = ".musicrl"
     gateway_port: int = 8000
     generator_http_port: int = 8080
