@@ -27,7 +27,12 @@ def plot_run(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
     axes[1, 0].set(title="KL and entropy", xlabel="step", ylabel="nats per step")
     axes[1, 1].plot(steps, [r.get("value_loss", float("nan")) for r in rows])
     axes[1, 1].set(title="Value loss", xlabel="step", ylabel="MSE")
-    for axis in axes.flat:
+    return save_figure(figure, axes.flat, title, out)
+
+
+def save_figure(figure: Any, axes: Any, title: str, out: Path) -> Path:
+    """Grid and legend on every axis, a title, then ``out`` (PNG); the figure is closed."""
+    for axis in axes:
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend()

@@ -5,12 +5,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-
-matplotlib.use("Agg")  # files only: training runs have no display
-
-import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+from musicrl.rl.plots import plt, save_figure  # pyplot on the Agg backend: training runs have no display
 
 
 METRICS_FILE = "metrics.jsonl"
@@ -37,12 +32,4 @@ def plot_history(
                 steps, values = zip(*points, strict=True)
                 axis.plot(steps, values, ".-" if len(points) < 30 else "-", label=key)
         axis.set(title=panel, xlabel="step")
-        axis.grid(alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend()
-    figure.suptitle(title)
-    figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
-    return out
+    return save_figure(figure, axes[0], title, out)
