@@ -161,21 +161,33 @@ def tiny_clap_config(spec: TinyClapSpec) -> ClapConfig:
         bos_token_id=0,
         eos_token_id=2,
     )
-    audio = ClapAudioConfig(
-        spec_size=SPEC_SIZE,
-        num_mel_bins=NUM_MEL_BINS,
-        window_size=8,  # as HTSAT: divides the 64 × 64 patch grid and every stage after it
-        patch_embeds_hidden_size=spec.audio_width,
-        hidden_size=spec.audio_width * 2 ** (len(AUDIO_HEADS) - 1),  # the last stage's width
-        depths=[spec.audio_depth] * len(AUDIO_HEADS),
-        num_attention_heads=list(AUDIO_HEADS),
-        enable_fusion=False,  # like laion/larger_clap_music: one 10 s crop, no multi-crop fusion branch
-    )
+    audio = htsat_audio_config(spec.audio_width, spec.audio_depth)
     return ClapConfig(
         text_config=text,
         audio_config=audio,
         projection_dim=spec.projection_dim,
         logit_scale_init_value=LOGIT_SCALE_INIT,
+    )
+
+
+def htsat_audio_config(width: int, depth: int, **overrides: object) -> ClapAudioConfig:
+    """HTSAT at the production geometry (48 kHz log-mels, 10 s, 256 × 256 image), ``width`` wide, ``depth`` deep.
+
+    Args:
+        width: Patch-embedding width; stage i is ``width * 2**i`` wide.
+        depth: Swin blocks per stage.
+        overrides: Further ``ClapAudioConfig`` fields (for example dropout).
+    """
+    return ClapAudioConfig(
+        spec_size=SPEC_SIZE,
+        num_mel_bins=NUM_MEL_BINS,
+        window_size=8,  # as HTSAT: divides the 64 × 64 patch grid and every stage after it
+        patch_embeds_hidden_size=width,
+        hidden_size=width * 2 ** (len(AUDIO_HEADS) - 1),  # the last stage's width
+        depths=[depth] * len(AUDIO_HEADS),
+        num_attention_heads=list(AUDIO_HEADS),
+        enable_fusion=False,  # like laion/larger_clap_music: one 10 s crop, no multi-crop fusion branch
+        **overrides,
     )
 
 

@@ -32,15 +32,13 @@ import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
-from transformers import ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig
+from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig
 
 from musicrl.models.checkpoint import CheckpointMetadata, save_checkpoint
 from musicrl.models.clap_loading import ClapBundle
 from musicrl.models.tiny_clap import (
-    AUDIO_HEADS,
     LOGIT_SCALE_INIT,
-    NUM_MEL_BINS,
-    SPEC_SIZE,
+    htsat_audio_config,
     tiny_clap_feature_extractor,
 )
 from musicrl.models.uri import ModelURI
@@ -132,17 +130,7 @@ def toy_clap_config(config: ClapTrainConfig, vocab_size: int) -> ClapConfig:
         bos_token_id=0,
         eos_token_id=2,
     )
-    audio = ClapAudioConfig(
-        spec_size=SPEC_SIZE,
-        num_mel_bins=NUM_MEL_BINS,
-        window_size=8,
-        patch_embeds_hidden_size=config.audio_width,
-        hidden_size=config.audio_width * 2 ** (len(AUDIO_HEADS) - 1),
-        depths=[config.audio_depth] * len(AUDIO_HEADS),
-        num_attention_heads=list(AUDIO_HEADS),
-        hidden_dropout_prob=0.0,
-        enable_fusion=False,
-    )
+    audio = htsat_audio_config(config.audio_width, config.audio_depth, hidden_dropout_prob=0.0)
     return ClapConfig(
         text_config=text,
         audio_config=audio,
