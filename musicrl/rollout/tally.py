@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from musicrl.bus.kv_snapshot import read_prefix
 from musicrl.rollout.decision import Evidence
 
 
@@ -96,15 +97,12 @@ class Tally:
         return f"r.{self.rollout_id}"
 
     async def load(self) -> None:
-        """Rebuild the cache from the bucket (a fresh controller, or ``musicrl rollout analyse``)."""
-        watcher = await self.kv.watch(f"{self.prefix}.>", ignore_deletes=True)
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of what the bucket holds now
-                    break
-                self._absorb(entry.key[len(self.prefix) + 1 :].split("."), entry.value or b"")
-        finally:
-            await watcher.stop()
+        """Rebuild the cache from the bucket (a fresh controller, or ``musicrl rollout analyse``).
+
+        Votes are absorbed in key order, not stream order; the counts do not depend on it.
+        """
+        for key, value in (await read_prefix(self.kv, self.prefix)).items():
+            self._absorb(key.split("."), value)
 
     def _absorb(self, parts: list[str], value: bytes) -> None:
         kind, comparison_id, *rest = parts
