@@ -97,6 +97,35 @@ def expected_calibration_error(margin: np.ndarray, labels: np.ndarray, *, bins: 
     return float(total)
 
 
+def correct(margin: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per decisive pair: 1 if the margin ranks it as voted, 0 if not, 0.5 at a zero margin; float64 [N_decisive]."""
+    margin, labels = np.asarray(margin, np.float64), np.asarray(labels)
+    decisive = labels != 0.5
+    said = np.where(labels[decisive] == 1.0, 1.0, -1.0)
+    return (np.sign(margin[decisive]) * said + 1) / 2
+
+
+def accuracy_difference(
+    margin: np.ndarray, baseline: np.ndarray, labels: np.ndarray, groups: np.ndarray, *, seed: int = 0
+) -> tuple[float, float, float]:
+    """Accuracy of ``margin`` minus that of ``baseline`` on the same pairs, with a paired prompt-bootstrap interval.
+
+    Args:
+        margin: One model's r_A − r_B, [N].
+        baseline: The other's, [N].
+        labels: P(A ≻ B) targets, [N].
+        groups: Prompt of each pair, [N].
+        seed: Seeds the bootstrap.
+
+    Returns:
+        ``(difference, low, high)``.
+    """
+    decisive = np.asarray(labels) != 0.5
+    difference = correct(margin, labels) - correct(baseline, labels)  # [N_decisive], paired per pair
+    low, high = bootstrap_interval(difference, np.asarray(groups)[decisive], np.random.default_rng(seed))
+    return float(difference.mean()), low, high
+
+
 def held_out_report(margin: np.ndarray, labels: np.ndarray, groups: np.ndarray, *, seed: int = 0) -> HeldOutReport:
     """Accuracy, its prompt-bootstrap interval and the ECE of margins [N] against labels [N] (groups: prompts [N]).
 
@@ -105,8 +134,7 @@ def held_out_report(margin: np.ndarray, labels: np.ndarray, groups: np.ndarray, 
     """
     margin, labels, groups = np.asarray(margin, np.float64), np.asarray(labels), np.asarray(groups)
     decisive = labels != 0.5
-    said = np.where(labels[decisive] == 1.0, 1.0, -1.0)
-    right = (np.sign(margin[decisive]) * said + 1) / 2  # per pair, as pair_accuracy counts it
+    right = correct(margin, labels)  # per pair, as pair_accuracy counts it
     low, high = bootstrap_interval(right, groups[decisive], np.random.default_rng(seed))
     return HeldOutReport(
         accuracy=pair_accuracy(margin, labels),

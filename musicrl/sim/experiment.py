@@ -101,6 +101,9 @@ class CellResult:
         agreement: Its measured agreement there (decisive votes naming the better clip).
         reports: Test figures by model.
         chosen: What validation chose, by model (``epoch``, and ``l2`` for baselines).
+        margins: Each model's r_A − r_B on the test pairs, float32 [N] by model.
+        labels: The test answers as P(A ≻ B) targets, float32 [N].
+        groups: The prompt of each test pair, int64 [N].
     """
 
     config: CellConfig
@@ -109,6 +112,9 @@ class CellResult:
     agreement: float
     reports: dict[str, HeldOutReport]
     chosen: dict[str, dict[str, float]]
+    margins: dict[str, np.ndarray]
+    labels: np.ndarray
+    groups: np.ndarray
 
 
 class Bench:
@@ -141,16 +147,15 @@ class Bench:
         rng = np.random.default_rng([spec.seed, 0xA1])
         self.candidates = {name: within_prompt_pairs(self.pool, prompts, rng) for name, prompts in splits.items()}
 
-    @functools.cached_property
-    def features(self) -> dict[str, np.ndarray]:
-        """Each baseline's features of every clip, [C, F] by model name."""
-        vocab = int(self.pool.codes.max()) + 1
-        bundle = load_clap(self.clap_uri)
-        return {
-            "histogram": code_histograms(list(self.pool.codes), vocab),
-            "clap": clap_features(bundle, list(self.pool.audio), self.pool.sample_rate, self.pool.clip_prompts()),
-            "logmel": np.stack([log_mel_statistics(a, self.pool.sample_rate) for a in self.pool.audio]),
-        }
+    @functools.lru_cache(maxsize=4)  # noqa: B019 (a Bench lives for a whole benchmark run)
+    def features(self, model: str) -> np.ndarray:
+        """A baseline's features of every clip, float32 [C, F], computed once per model."""
+        if model == "histogram":
+            return code_histograms(list(self.pool.codes), int(self.pool.codes.max()) + 1)
+        if model == "clap":
+            bundle = load_clap(self.clap_uri)
+            return clap_features(bundle, list(self.pool.audio), self.pool.sample_rate, self.pool.clip_prompts())
+        return np.stack([log_mel_statistics(audio, self.pool.sample_rate) for audio in self.pool.audio])
 
     @functools.lru_cache(maxsize=16)  # noqa: B019 (a Bench lives for a whole benchmark run)
     def taste_scores(self, taste: str) -> np.ndarray:
@@ -173,10 +178,10 @@ class Bench:
         delta = listener.margins(taste_scores[test[:, 0]], taste_scores[test[:, 1]])
         labels = {split: np.array([LABELS[c] for c in v.choices], np.float32) for split, v in votes.items()}
         groups = self.pool.prompt_of[test[:, 0]]
-        reports, chosen = {}, {}
+        reports, chosen, test_margins = {}, {}, {}
         for model in config.models:
-            margin, chosen[model] = self._train(model, config, pairs, votes, labels)
-            reports[model] = held_out_report(margin, labels["test"], groups, seed=config.seed)
+            test_margins[model], chosen[model] = self._train(model, config, pairs, votes, labels)
+            reports[model] = held_out_report(test_margins[model], labels["test"], groups, seed=config.seed)
             logger.info(
                 "%s on %s at %d pairs: test accuracy %.3f",
                 model,
@@ -191,6 +196,9 @@ class Bench:
             agreement=agreement(delta, votes["test"].choices)[0],
             reports=reports,
             chosen=chosen,
+            margins=test_margins,
+            labels=labels["test"],
+            groups=groups,
         )
 
     def _votes(self, listener: Listener, taste_scores: np.ndarray, config: CellConfig) -> dict[str, Votes]:
@@ -218,7 +226,7 @@ class Bench:
         """Test margins [N_test] of one model trained on the cell, and what validation chose."""
         if model == "default":
             return self._train_default(config, pairs, votes)
-        features = self.features[model]
+        features = self.features(model)
         split_pairs = {s: FeaturePairs(features[p[:, 0]], features[p[:, 1]], labels[s]) for s, p in pairs.items()}
         result = train_feature_preference(split_pairs["train"], split_pairs["validation"], FEATURE_MODELS[model])
         return margins(result.head, split_pairs["test"]), {"epoch": float(result.epoch), "l2": result.l2}
