@@ -6,13 +6,21 @@ from musicrl.errors import InvalidRequest
 from musicrl.models.engine import GenerationEngine, GenerationRequest
 
 
-PROMPTS = ["lofi hip hop beat with vinyl crackle", "epic orchestral battle theme"]
+# words both models know: the tiny model reads bytes, the toy model the toy world's words
+PROMPTS = ["a fast bright high melody with vinyl crackle", "a slow, soft, low drone"]
 
 
-@pytest.fixture(scope="module")
-def engine() -> GenerationEngine:
-    # tiny://: 0.4M parameters, real MusicGen architecture and audio geometry (32 kHz, 50 frames/s, K = 4)
-    return GenerationEngine.from_uri("tiny://musicgen?seed=0")
+@pytest.fixture(
+    scope="module",
+    params=[
+        # tiny://: 0.4M random parameters, real MusicGen architecture and audio geometry (32 kHz, 50 frames/s, K = 4)
+        "tiny://musicgen?seed=0",
+        # toy://: trained on the toy world (16 kHz, 50 frames/s, K = 4, a word-level T5), prompts change its sound
+        "toy://musicgen",
+    ],
+)
+def engine(request: pytest.FixtureRequest) -> GenerationEngine:
+    return GenerationEngine.from_uri(request.param)
 
 
 def _hf_codes(engine: GenerationEngine, prompts: list[str], frames: int, **generate_kwargs) -> torch.Tensor:
@@ -46,7 +54,7 @@ def test_greedy_codes_equal_transformers_generate(engine, guidance_scale):
     expected = _hf_codes(engine, PROMPTS, frames, do_sample=False, guidance_scale=guidance_scale)
     assert codes.shape == (2, engine.num_codebooks, frames)
     assert torch.equal(codes, expected)
-    assert audio.shape == (2, frames * 640)
+    assert audio.shape == (2, frames * engine.sample_rate // 50)
 
 
 def test_top_k_one_sampling_equals_transformers_top_k_one(engine):
@@ -85,15 +93,15 @@ def test_a_request_is_unaffected_by_its_batch_mates(engine):
 
 def test_prompts_steer_the_codes(engine):
     params = SamplingParams(duration_s=0.5, temperature=0.0)
-    _, codes = engine.generate(["heavy metal", "soft lullaby"], params, seeds=[0, 0])
+    _, codes = engine.generate(["a loud bright high melody", "a soft dark low drone"], params, seeds=[0, 0])
     assert not torch.equal(codes[0], codes[1])
 
 
 def test_duration_sets_frames_and_samples(engine):
     (clip,) = engine.generate_batch([GenerationRequest("x", SamplingParams(duration_s=1.0), seed=0)])
     assert clip.codes.shape == (4, 50)
-    assert clip.audio.shape == (32_000,)
-    assert clip.sample_rate == 32_000
+    assert clip.audio.shape == (engine.sample_rate,)
+    assert clip.sample_rate == engine.sample_rate == engine.model.config.audio_encoder.sampling_rate
     assert clip.duration_s == pytest.approx(1.0)
     assert clip.codes.dtype == torch.int64
     assert int(clip.codes.min()) >= 0 and int(clip.codes.max()) < engine.vocab_size

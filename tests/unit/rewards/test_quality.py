@@ -126,25 +126,26 @@ def test_a_policy_checkpoint_is_not_a_quality_model(saved_tiny_checkpoint: Saved
 
 
 @pytest.mark.parametrize("uri", ["tiny://quality?hidden_dim=3", "tiny://clap?seed=0", "tiny://quality?seed=x"])
-def test_bad_tiny_quality_uris_are_refused(uri: str) -> None:
+def test_bad_quality_model_uris_are_refused(uri: str) -> None:
     with pytest.raises(InvalidRequest):
         load_quality(uri)
 
 
-# scoring rules (an untrained tiny://quality head: fast, and its MOS stays inside 1..5)
+# scoring rules, on an untrained tiny://quality head (fast, its MOS stays inside 1..5) and on the head trained
+# over the toy world's CLAP
 
 
-@pytest.fixture
-def tiny_quality() -> QualityModel:
-    return load_quality("tiny://quality?seed=0")
+@pytest.fixture(params=["tiny://quality?seed=0", "toy://quality"])
+def quality_model(request: pytest.FixtureRequest) -> QualityModel:
+    return load_quality(request.param)
 
 
-def test_implements_the_reward_protocol(tiny_quality: QualityModel) -> None:
-    assert isinstance(tiny_quality, RewardModel)
-    assert (tiny_quality.name, tiny_quality.reads) == ("quality", ClipInput.AUDIO)
+def test_implements_the_reward_protocol(quality_model: QualityModel) -> None:
+    assert isinstance(quality_model, RewardModel)
+    assert (quality_model.name, quality_model.reads) == ("quality", ClipInput.AUDIO)
 
 
-def test_a_long_clip_scores_the_mean_of_its_first_and_last_20_s(tiny_quality: QualityModel) -> None:
+def test_a_long_clip_scores_the_mean_of_its_first_and_last_20_s(quality_model: QualityModel) -> None:
     rng = np.random.default_rng(0)
     # distinct first and last 20 s: dull and quiet, then bright and loud, with a middle neither window sees
     clip = np.concatenate(
@@ -152,42 +153,42 @@ def test_a_long_clip_scores_the_mean_of_its_first_and_last_20_s(tiny_quality: Qu
     )
     first, last = clip[: 20 * SAMPLE_RATE], clip[-20 * SAMPLE_RATE :]
 
-    whole = tiny_quality.score(ClipBatch(["p"], [clip], SAMPLE_RATE))
-    windows = tiny_quality.score(ClipBatch(["p", "p"], [first, last], SAMPLE_RATE))
+    whole = quality_model.score(ClipBatch(["p"], [clip], SAMPLE_RATE))
+    windows = quality_model.score(ClipBatch(["p", "p"], [first, last], SAMPLE_RATE))
 
     assert abs(windows[0] - windows[1]) > 1e-4  # the windows differ, so the average is a real test
     np.testing.assert_allclose(whole, [windows.mean()], rtol=0, atol=1e-6)
 
 
-def test_a_clip_of_at_most_window_s_is_one_window(tiny_quality: QualityModel) -> None:
+def test_a_clip_of_at_most_window_s_is_one_window(quality_model: QualityModel) -> None:
     rng = np.random.default_rng(1)
     clip = np.concatenate([synthetic_clip(0.1, 0.2, 10.0, rng), synthetic_clip(0.9, 0.9, 10.0, rng)])  # 20 s
     batch = ClipBatch(["p"], [clip], SAMPLE_RATE)
 
     def mos_with(window_s: float) -> np.ndarray:
         config = QualityConfig(window_s=window_s)
-        return QualityModel(tiny_quality.embedder, tiny_quality.head, config).predict_mos(batch)
+        return QualityModel(quality_model.embedder, quality_model.head, config).predict_mos(batch)
 
-    default = tiny_quality.predict_mos(batch)  # window_s = 20: the whole clip is one window
+    default = quality_model.predict_mos(batch)  # window_s = 20: the whole clip is one window
 
     np.testing.assert_allclose(default, mos_with(30.0), rtol=0, atol=1e-6)
     assert abs(default[0] - mos_with(10.0)[0]) > 1e-5  # two 10 s windows scored apart give another value
 
 
-def test_reward_is_the_clipped_mos_rescaled_to_unit_range(tiny_quality: QualityModel) -> None:
+def test_reward_is_the_clipped_mos_rescaled_to_unit_range(quality_model: QualityModel) -> None:
     batch = ClipBatch(
         ["a", "b"],
         [synthetic_clip(0.3, 0.3, 2.0, np.random.default_rng(2)), np.zeros(SAMPLE_RATE, np.float32)],
         SAMPLE_RATE,
     )
 
-    np.testing.assert_allclose(tiny_quality.score(batch), (tiny_quality.predict_mos(batch) - 1) / 4, atol=1e-7)
+    np.testing.assert_allclose(quality_model.score(batch), (quality_model.predict_mos(batch) - 1) / 4, atol=1e-7)
     np.testing.assert_allclose(mos_to_reward(np.array([0.0, 1.0, 3.0, 5.0, 7.5])), [0.0, 0.0, 0.5, 1.0, 1.0])
 
 
-def test_a_batch_of_codes_only_is_refused(tiny_quality: QualityModel) -> None:
+def test_a_batch_of_codes_only_is_refused(quality_model: QualityModel) -> None:
     with pytest.raises(InvalidRequest, match=r"the quality reward scores audio"):
-        tiny_quality.score(ClipBatch(["p"], codes=[np.zeros((4, 10), dtype=np.int64)]))
+        quality_model.score(ClipBatch(["p"], codes=[np.zeros((4, 10), dtype=np.int64)]))
 
 
 # training errors

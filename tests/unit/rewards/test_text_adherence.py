@@ -1,4 +1,4 @@
-"""Tests of the text-adherence reward: segment averaging, resampling, batching and input checks (tiny CLAP)."""
+"""The text-adherence reward on the tiny and the toy CLAP: segment averaging, resampling, batching, input checks."""
 
 import numpy as np
 import pytest
@@ -26,9 +26,9 @@ def _chirp(seconds: float) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * (200 + 800 * t) * t)).astype(np.float32)
 
 
-@pytest.fixture
-def reward() -> TextAdherence:
-    return TextAdherence.load(TINY_CLAP_URI)
+@pytest.fixture(params=[TINY_CLAP_URI, "toy://clap"])  # random weights, and the CLAP trained on the toy world
+def reward(request: pytest.FixtureRequest) -> TextAdherence:
+    return TextAdherence.load(request.param)
 
 
 def test_implements_the_reward_protocol(reward: TextAdherence) -> None:

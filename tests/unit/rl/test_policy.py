@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from musicrl.config import SamplingParams
@@ -7,7 +8,8 @@ from musicrl.models.engine import GenerationEngine, GenerationRequest
 from musicrl.rl.policy import guided_pass, keep_top_k, token_log_probs
 
 
-PROMPTS = ["rock", "ambient pads and piano"]
+PROMPTS = ["rock", "a slow, soft, low drone"]
+POLICIES = ["tiny://musicgen?seed=0", "toy://musicgen"]  # random weights; trained on the toy world
 
 
 def _teacher_forced(engine: GenerationEngine, params: SamplingParams, codes: torch.Tensor):
@@ -19,19 +21,21 @@ def _teacher_forced(engine: GenerationEngine, params: SamplingParams, codes: tor
     return grid, out, window_mask(frames, engine.num_codebooks, grid.shape[-1])[:, :, 1:]
 
 
-def test_teacher_forcing_reproduces_the_served_distribution():
+@pytest.mark.parametrize("uri", POLICIES)
+def test_teacher_forcing_reproduces_the_served_distribution(uri: str):
     """Greedy decoding by the serving engine picks, at every real position, the argmax of the trainer's logits."""
-    engine = GenerationEngine.from_uri("tiny://musicgen?seed=0")
+    engine = GenerationEngine.from_uri(uri)
     greedy = SamplingParams(duration_s=0.4, temperature=0.0, guidance_scale=3.0)
     clips = engine.generate_batch([GenerationRequest(p, greedy, seed=i) for i, p in enumerate(PROMPTS)])
     codes = torch.stack([c.codes for c in clips])  # [B, K, T]
     grid, out, real = _teacher_forced(engine, SamplingParams(duration_s=0.4, temperature=1.0, top_k=0), codes)
-    assert out.logits.shape == (2, 4, grid.shape[-1] - 1, 128)
+    assert out.logits.shape == (2, 4, grid.shape[-1] - 1, engine.vocab_size)
     assert torch.equal(out.logits.argmax(-1)[real], grid[:, :, 1:][real])
 
 
-def test_sampled_tokens_are_likely_under_the_served_distribution_and_never_outside_top_k():
-    engine = GenerationEngine.from_uri("tiny://musicgen?seed=0")
+@pytest.mark.parametrize("uri", POLICIES)
+def test_sampled_tokens_are_likely_under_the_served_distribution_and_never_outside_top_k(uri: str):
+    engine = GenerationEngine.from_uri(uri)
     params = SamplingParams(duration_s=0.4, temperature=0.99, top_k=5, guidance_scale=3.0)
     clips = engine.generate_batch([GenerationRequest(p, params, seed=i) for i, p in enumerate(PROMPTS)])
     grid, out, real = _teacher_forced(engine, params, torch.stack([c.codes for c in clips]))
