@@ -1,0 +1,34 @@
+"""What ``musicrl toyworld judge`` compares (a module of its own: the CLI's parser imports it, not torch)."""
+
+from dataclasses import dataclass
+
+from musicrl.errors import InvalidRequest
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeConfig:
+    """What to compare, and on what.
+
+    Attributes:
+        policy_uri: The finetuned policy.
+        baseline_uri: What it was finetuned from.
+        text_adherence_uri: The CLAP whose text adherence is reported.
+        quality_uri: The quality head whose score is reported.
+        prompts: Test-split captions to play (each policy plays each once).
+        seed: The corpus seed of the captions and the first generation seed.
+        temperature: Sampling temperature of both policies.
+        guidance_scale: Classifier-free guidance of both policies.
+    """
+
+    policy_uri: str
+    baseline_uri: str = "toy://musicgen"
+    text_adherence_uri: str = "toy://clap"
+    quality_uri: str = "toy://quality"
+    prompts: int = 96
+    seed: int = 0
+    temperature: float = 1.0
+    guidance_scale: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.prompts < 2:
+            raise InvalidRequest(f"prompts={self.prompts}: a paired comparison needs at least 2")
