@@ -80,16 +80,18 @@ def judge(config: JudgeConfig) -> Judgement:
 def _per_clip_measures(
     prompts: Sequence[str], clips: Sequence[np.ndarray], sample_rate: int, rewards: Sequence[RewardModel]
 ) -> dict[str, np.ndarray]:
-    # Probe agreement is 1/0 where the caption names the attribute and NaN where it does not, so that the
-    # paired comparison uses only the prompts that ask for it.
-    measures: dict[str, np.ndarray] = {}
-    heard = [measure(c, sample_rate).words() for c in clips]
-    for attribute in PROBED:
-        values = []
-        for prompt, words in zip(prompts, heard, strict=True):
-            asked = {k: v for k, v in read_prompt(prompt).items() if k == attribute}
-            values.append(float(agreement(asked, words)[attribute]) if asked else np.nan)
-        measures[f"probe/{attribute}"] = np.array(values)
+    # Probe agreement is 1/0 where the caption names the attribute (and the probes could judge it) and NaN
+    # where it does not, so that the paired comparison uses only the prompts that ask for it.
+    # ``probe/all`` is, per prompt, the share of the attributes it asks for that the probes heard.
+    agreed = [
+        agreement({k: v for k, v in read_prompt(prompt).items() if k in PROBED}, measure(clip, sample_rate).words())
+        for prompt, clip in zip(prompts, clips, strict=True)
+    ]
+    measures = {
+        f"probe/{attribute}": np.array([float(a[attribute]) if attribute in a else np.nan for a in agreed])
+        for attribute in PROBED
+    }
+    measures["probe/all"] = np.array([np.mean(list(a.values())) if a else np.nan for a in agreed])
     batch = ClipBatch(prompts=list(prompts), audio=list(clips), sample_rate=sample_rate)
     for reward in rewards:
         measures[f"reward/{reward.name}"] = np.asarray(reward.score(batch), dtype=np.float64)

@@ -12,7 +12,7 @@ from musicrl.toyworld.judge import Difference, _paired, judge
 from musicrl.toyworld.judge_config import JudgeConfig
 
 
-MEASURES = {f"probe/{a}" for a in ("pitch", "tempo", "timbre", "loudness")} | {
+MEASURES = {f"probe/{a}" for a in ("pitch", "tempo", "timbre", "loudness", "all")} | {
     "reward/text-adherence",
     "reward/quality",
 }
