@@ -81,3 +81,35 @@ def clap_features(
     row = {prompt: i for i, prompt in enumerate(distinct)}
     features = ClapPreferenceHead.features(text[[row[p] for p in prompts]], embedded)  # [C, 2D]
     return features.numpy().astype(np.float32)
+
+
+@torch.inference_mode()
+def decoder_features(
+    policy_uri: str, prompts: Sequence[str], codes: Sequence[np.ndarray], batch_size: int = 64
+) -> np.ndarray:
+    """The untrained preference reward's pooled decoder state of each clip with its prompt: float32 [C, D].
+
+    A linear probe on these tells what the generator initialisation already holds before any finetuning: if
+    it beats the finetuned reward, the recipe loses information; if it matches it, the features are the limit.
+
+    Args:
+        policy_uri: The policy the reward would be initialised from.
+        prompts: The prompt of each clip.
+        codes: C grids, integer [K, T_c].
+        batch_size: Clips per forward pass.
+    """
+    from musicrl.rewards.preference import PreferenceRewardModel, delayed_grid
+
+    model = PreferenceRewardModel.from_policy(policy_uri)
+    width = int(model.backbone.config.decoder.hidden_size)
+    identity = torch.nn.Linear(width, width)  # the head returns the pooled state itself: [B, D]
+    torch.nn.init.eye_(identity.weight)
+    torch.nn.init.zeros_(identity.bias)
+    model.head = identity
+    out = []
+    for start in range(0, len(codes), batch_size):
+        clips = [torch.as_tensor(np.asarray(c, np.int64)) for c in codes[start : start + batch_size]]
+        grid, mask = delayed_grid(clips, model.start_token_id)  # [B, K, T + K], [B, T + K]
+        states, text_mask = model.encode_text(prompts[start : start + batch_size])
+        out.append(model(grid, mask, states, text_mask).numpy())  # [B, D]
+    return np.concatenate(out).astype(np.float32)

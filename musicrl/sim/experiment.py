@@ -10,7 +10,9 @@ panel's own agreement ceiling on them:
   on a snapshot of the votes, exactly as the pipeline trains it;
 * ``histogram``: a linear Bradley–Terry head on codebook-token histograms;
 * ``clap``: a linear head on CLAP [audio, audio ⊙ text] embeddings (the existing CLAP baseline's features);
-* ``logmel``: a small MLP on log-mel statistics.
+* ``logmel``: a small MLP on log-mel statistics;
+* ``probe``: a diagnostic, not a baseline: a linear head on the *untrained* reward's pooled decoder state,
+  what the generator initialisation holds before finetuning.
 
 With ``shuffled_labels`` the training and validation answers are permuted across pairs (the test answers
 stay true), so any model must land at chance on test: the control that nothing leaks.
@@ -29,7 +31,7 @@ import torch
 from musicrl.data.snapshot_config import SnapshotConfig
 from musicrl.errors import InvalidRequest
 from musicrl.models.clap_loading import load_clap
-from musicrl.rewards.clip_features import clap_features, code_histograms, log_mel_statistics
+from musicrl.rewards.clip_features import clap_features, code_histograms, decoder_features, log_mel_statistics
 from musicrl.rewards.feature_preference import FeaturePairs, FeatureTrainConfig, margins, train_feature_preference
 from musicrl.rewards.preference import load_preference
 from musicrl.rewards.preference_config import PreferenceTrainConfig
@@ -43,11 +45,12 @@ from musicrl.sim.tastes import scores, taste_by_name
 
 logger = logging.getLogger(__name__)
 
-MODELS = ("default", "histogram", "clap", "logmel")
+MODELS = ("default", "histogram", "clap", "logmel", "probe")
 FEATURE_MODELS = {
     "histogram": FeatureTrainConfig(),
     "clap": FeatureTrainConfig(),
     "logmel": FeatureTrainConfig(hidden=32),
+    "probe": FeatureTrainConfig(),
 }
 
 
@@ -152,6 +155,8 @@ class Bench:
         """A baseline's features of every clip, float32 [C, F], computed once per model."""
         if model == "histogram":
             return code_histograms(list(self.pool.codes), int(self.pool.codes.max()) + 1)
+        if model == "probe":
+            return decoder_features(self.spec.policy_uri, self.pool.clip_prompts(), list(self.pool.codes))
         if model == "clap":
             bundle = load_clap(self.clap_uri)
             return clap_features(bundle, list(self.pool.audio), self.pool.sample_rate, self.pool.clip_prompts())
