@@ -209,13 +209,14 @@ class Bench:
     def _votes(self, listener: Listener, taste_scores: np.ndarray, config: CellConfig) -> dict[str, Votes]:
         """The panel's answers to every candidate pair (prefixes are the cells' data sets), shuffled if asked."""
         rng = np.random.default_rng([config.seed, 0xB0, *config.taste.encode()])
+        shuffler = np.random.default_rng([config.seed, 0xB1])  # its own stream: the votes stay those of the cell
         out = {}
         for split, pairs in self.candidates.items():
             votes = listener.vote(taste_scores[pairs[:, 0]], taste_scores[pairs[:, 1]], rng)
             if config.shuffled_labels and split != "test":
-                limit = config.train_pairs if split == "train" else config.validation_pairs
+                used = min(config.train_pairs if split == "train" else config.validation_pairs, len(pairs))
                 order = np.arange(len(pairs))
-                order[:limit] = rng.permutation(min(limit, len(pairs)))  # permuted within what the cell uses
+                order[:used] = shuffler.permutation(used)  # permuted within the pairs the cell uses
                 votes = Votes(votes.choices[order], votes.users[order], votes.listened[order])
             out[split] = votes
         return out
