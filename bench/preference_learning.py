@@ -81,6 +81,10 @@ def _row(substrate: str, result) -> list[dict]:  # type: ignore[no-untyped-def]
             "agreement": result.agreement,
             **{k.split("/")[1]: v for k, v in report.as_dict("test").items()},
             **{f"chosen_{k}": v for k, v in result.chosen[model].items()},
+            "history": [
+                {k: v for k, v in row.items() if k in ("epoch", "l2", "train/accuracy", "validation/accuracy")}
+                for row in result.histories.get(model, [])
+            ],
         }
         for model, report in result.reports.items()
     ]

@@ -107,6 +107,8 @@ class CellResult:
         margins: Each model's r_A − r_B on the test pairs, float32 [N] by model.
         labels: The test answers as P(A ≻ B) targets, float32 [N].
         groups: The prompt of each test pair, int64 [N].
+        histories: Per-epoch training and validation metrics by model (``train/accuracy``,
+            ``validation/accuracy``, ...): whether a model underfits or overfits.
     """
 
     config: CellConfig
@@ -118,6 +120,7 @@ class CellResult:
     margins: dict[str, np.ndarray]
     labels: np.ndarray
     groups: np.ndarray
+    histories: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
 class Bench:
@@ -183,9 +186,9 @@ class Bench:
         delta = listener.margins(taste_scores[test[:, 0]], taste_scores[test[:, 1]])
         labels = {split: np.array([LABELS[c] for c in v.choices], np.float32) for split, v in votes.items()}
         groups = self.pool.prompt_of[test[:, 0]]
-        reports, chosen, test_margins = {}, {}, {}
+        reports, chosen, test_margins, histories = {}, {}, {}, {}
         for model in config.models:
-            test_margins[model], chosen[model] = self._train(model, config, pairs, votes, labels)
+            test_margins[model], chosen[model], histories[model] = self._train(model, config, pairs, votes, labels)
             reports[model] = held_out_report(test_margins[model], labels["test"], groups, seed=config.seed)
             logger.info(
                 "%s on %s at %d pairs: test accuracy %.3f",
@@ -204,6 +207,7 @@ class Bench:
             margins=test_margins,
             labels=labels["test"],
             groups=groups,
+            histories=histories,
         )
 
     def _votes(self, listener: Listener, taste_scores: np.ndarray, config: CellConfig) -> dict[str, Votes]:
@@ -228,18 +232,19 @@ class Bench:
         pairs: dict[str, np.ndarray],
         votes: dict[str, Votes],
         labels: dict[str, np.ndarray],
-    ) -> tuple[np.ndarray, dict[str, float]]:
-        """Test margins [N_test] of one model trained on the cell, and what validation chose."""
+    ) -> tuple[np.ndarray, dict[str, float], list[dict[str, float]]]:
+        """Test margins [N_test] of one model trained on the cell, what validation chose, and its history."""
         if model == "default":
             return self._train_default(config, pairs, votes)
         features = self.features(model)
         split_pairs = {s: FeaturePairs(features[p[:, 0]], features[p[:, 1]], labels[s]) for s, p in pairs.items()}
         result = train_feature_preference(split_pairs["train"], split_pairs["validation"], FEATURE_MODELS[model])
-        return margins(result.head, split_pairs["test"]), {"epoch": float(result.epoch), "l2": result.l2}
+        chosen = {"epoch": float(result.epoch), "l2": result.l2}
+        return margins(result.head, split_pairs["test"]), chosen, result.history
 
     def _train_default(
         self, config: CellConfig, pairs: dict[str, np.ndarray], votes: dict[str, Votes]
-    ) -> tuple[np.ndarray, dict[str, float]]:
+    ) -> tuple[np.ndarray, dict[str, float], list[dict[str, float]]]:
         torch.manual_seed(config.seed)
         with tempfile.TemporaryDirectory(dir=self.work_dir, prefix="cell-") as folder:
             snapshot = write_snapshot(
@@ -275,7 +280,7 @@ class Bench:
                 rewards[chunk] = model.score_codes(
                     prompts, [self.pool.codes[i].astype(np.int64) for i in chunk]
                 ).numpy()
-        return rewards[test[:, 0]] - rewards[test[:, 1]], {"epoch": float(trained.best_epoch)}
+        return rewards[test[:, 0]] - rewards[test[:, 1]], {"epoch": float(trained.best_epoch)}, trained.history
 
 
 def _first(votes: Votes, n: int) -> Votes:
