@@ -14,7 +14,10 @@ from the platform's engine and are cached under ``--cache-dir``. ``--shuffled-la
 and validation answers (test stays true): every model must then sit at 0.5 within its interval.
 
     python bench/preference_learning.py [--substrates tiny toy] [--tastes brightness code-share]
-        [--pairs 1000 5000 20000] [--models default histogram clap logmel] [--shuffled-labels] [--out DIR]
+        [--pairs 1000 5000 20000] [--models default histogram clap logmel probe] [--shuffled-labels] [--out DIR]
+    python bench/preference_learning.py --report DIR/curves.json OTHER/curves.json --out DIR  # merge runs
+
+``probe`` is a diagnostic beside the baselines: a linear head on the untrained reward's pooled decoder state.
 """
 
 import argparse
@@ -61,6 +64,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench-results/preference_learning"))
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/musicrl/sim")
+    parser.add_argument(
+        "--report", nargs="+", type=Path, help="train nothing: merge these result files into one table and plot"
+    )
     return parser.parse_args()
 
 
@@ -140,8 +146,23 @@ def plot(rows: list[dict], dest: Path, title: str) -> None:
     figure.savefig(dest)
 
 
+def _merged_report(files: list[Path], out: Path) -> None:
+    rows: dict[tuple, dict] = {}
+    for file in files:
+        for row in json.loads(file.read_text())["rows"]:
+            rows[(row["substrate"], row["taste"], row["train_pairs"], row["model"])] = row  # a later file wins
+    ordered = [rows[key] for key in sorted(rows)]
+    _print_table(ordered)
+    out.mkdir(parents=True, exist_ok=True)
+    plot(ordered, out / "merged.png", "preference learning curves")
+    print(f"\nwrote {out / 'merged.png'}")
+
+
 def main() -> None:
     args = _arguments()
+    if args.report:
+        _merged_report(args.report, args.out)
+        return
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     import torch
 
