@@ -75,6 +75,8 @@ class ServerConfig:
         grpc_port: gRPC (V2) port; 0 picks a free one.
         enable_grpc: Whether to start the gRPC listener.
         grpc_max_message_bytes: Largest gRPC message sent or received.
+        torch_threads: torch's intra-op threads; 0 takes ``OMP_NUM_THREADS`` if set, else the CPUs the
+            container's quota allows (not the node's core count).
     """
 
     host: str = "127.0.0.1"  # loopback locally; the chart sets 0.0.0.0 inside the pod
@@ -82,6 +84,7 @@ class ServerConfig:
     grpc_port: int = 8081  # KServe's convention
     enable_grpc: bool = True
     grpc_max_message_bytes: int = 8 * 1024 * 1024  # gRPC's usual client cap; larger replies return clip URIs
+    torch_threads: int = 0
 
     def __post_init__(self) -> None:
         for name in ("http_port", "grpc_port"):
@@ -92,6 +95,8 @@ class ServerConfig:
             raise InvalidRequest(f"http_port and grpc_port must differ, both are {self.http_port}")
         if self.grpc_max_message_bytes < 1024:
             raise InvalidRequest(f"grpc_max_message_bytes must be at least 1024, got {self.grpc_max_message_bytes}")
+        if self.torch_threads < 0:
+            raise InvalidRequest(f"torch_threads must be >= 0 (0: from the CPU quota), got {self.torch_threads}")
 
 
 @dataclass(frozen=True, slots=True)

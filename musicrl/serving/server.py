@@ -34,6 +34,7 @@ from musicrl.serving.kserve_compat import (
     RESTServer,
     grpc_predict_v2_pb2_grpc,
 )
+from musicrl.serving.torch_thread import configure_torch_threads
 
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ async def _serve(models: list[Model], config: ServerConfig) -> bool:
     rest.config.host = config.host
     rest_task = asyncio.create_task(rest.start())
     grpc_server = await _start_grpc(dataplane, extension, config) if config.enable_grpc else None
-    load_task = _start_loading(models)
+    load_task = _start_loading(models, config.torch_threads)
     logger.info(
         "serving %s on %s (http %d, grpc %s)",
         [m.name for m in models],
@@ -122,7 +123,7 @@ async def _serve(models: list[Model], config: ServerConfig) -> bool:
     return load_task.done()
 
 
-def _start_loading(models: list[Model]) -> asyncio.Future[None]:
+def _start_loading(models: list[Model], torch_threads: int) -> asyncio.Future[None]:
     """Load the models on a daemon thread, so that a stop during a long download need not wait for it."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[None] = loop.create_future()
@@ -134,7 +135,7 @@ def _start_loading(models: list[Model]) -> asyncio.Future[None]:
     def work() -> None:
         error: BaseException | None = None
         try:
-            _load_all(models)
+            _load_all(models, torch_threads)
         except BaseException as e:  # handed to the event loop, which ends the server with it
             error = e
         with contextlib.suppress(RuntimeError):  # the loop is already closed: the server has stopped
@@ -154,7 +155,8 @@ def _install_stop_signals() -> asyncio.Event:
     return stop
 
 
-def _load_all(models: list[Model]) -> None:
+def _load_all(models: list[Model], torch_threads: int) -> None:
+    logger.info("torch runs %d intra-op threads", configure_torch_threads(torch_threads))
     for model in models:
         logger.info("loading model %s", model.name)
         model.load()

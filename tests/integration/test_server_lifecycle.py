@@ -39,7 +39,7 @@ def _wait_for(predicate, timeout_s: float = 30) -> None:
 
 def test_ready_only_after_the_model_has_loaded(tmp_path):
     gate, port = tmp_path / "gate", free_port()
-    env = {"MUSICRL_HTTP_PORT": str(port), "MUSICRL_GRPC_PORT": str(free_port())}
+    env = {"MUSICRL_HTTP_PORT": str(port), "MUSICRL_GRPC_PORT": str(free_port()), "MUSICRL_TORCH_THREADS": "3"}
     base = f"http://127.0.0.1:{port}"
     with (tmp_path / "log").open("w") as log:
         process = _start(["tests.utils.gated_model_server", str(gate)], env, log)
@@ -53,6 +53,7 @@ def test_ready_only_after_the_model_has_loaded(tmp_path):
     finally:
         process.terminate()
         assert process.wait(timeout=30) == 0, (tmp_path / "log").read_text()
+    assert "torch runs 3 intra-op threads" in (tmp_path / "log").read_text()  # sized before the models load
 
 
 def test_a_failed_load_ends_the_process_with_a_sentence(tmp_path):
