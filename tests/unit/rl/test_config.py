@@ -5,6 +5,7 @@ import pytest
 from musicrl.errors import InvalidRequest
 from musicrl.rewards.mixture import Normalization
 from musicrl.rl.config import AlarmAction, RLConfig, ValueLayout
+from musicrl.toyworld.corpus import split_of
 
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "rl"
@@ -26,6 +27,16 @@ def test_r_u_and_ru_are_the_papers_stages():
     assert r.reference == r.policy_uri  # R and U regularise towards the base model
     assert r.value is ValueLayout.SEPARATE and r.rewards[0].normalization is Normalization.RUNNING
     assert u.held_out.action is AlarmAction.KEEP_BEST
+
+
+def test_the_toy_stage_configs_train_on_train_split_captions_with_the_toy_models():
+    r, u, ru = (RLConfig.from_file(CONFIGS / f"toy-{s}.yaml") for s in ("r", "u", "ru"))
+    assert [(x.reward, x.uri) for x in r.rewards] == [("text-adherence", "toy://clap"), ("quality", "toy://quality")]
+    assert [x.reward for x in u.rewards] == [x.reward for x in ru.rewards] == ["preference"]
+    assert r.policy_uri == u.policy_uri == "toy://musicgen" and ru.stage == "RU"
+    assert r.prompts == u.prompts == ru.prompts and len(set(r.prompts)) == 256
+    assert {split_of(p) for p in r.prompts} == {"train"}  # judge prompts come from the test split
+    assert r.sampling.duration_s == 2.0  # the toy world's clip length
 
 
 def _minimal(**overrides):
