@@ -53,6 +53,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--validation-pairs", type=int, default=1000)
     parser.add_argument("--test-pairs", type=int, default=2000)
     parser.add_argument("--clips-per-prompt", type=int, default=12, help="each prompt gives C(C-1)/2 pairs")
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=0,
+        help="prompts in the pool; 0 sizes it for the largest --pairs and held-out sizes",
+    )
     parser.add_argument("--duration-s", type=float, default=2.0)
     parser.add_argument("--epochs", type=int, default=10, help="epochs of the platform's reward")
     parser.add_argument("--lr", type=float, default=3e-4, help="learning rate of the platform's reward")
@@ -71,6 +77,9 @@ def _arguments() -> argparse.Namespace:
 
 
 def _prompts_needed(args: argparse.Namespace) -> int:
+    """The pool's prompts: ``--prompts``, or enough for every split (a run with other sizes has another pool)."""
+    if args.prompts:
+        return int(args.prompts)
     per_prompt = args.clips_per_prompt * (args.clips_per_prompt - 1) // 2
     held_out = max(args.validation_pairs / 0.15, args.test_pairs / 0.2)
     return math.ceil(max(max(args.pairs) / TRAIN_SHARE, held_out) / per_prompt * 1.1)  # 10% for the hash's spread
