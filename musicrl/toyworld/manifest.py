@@ -7,7 +7,7 @@ trained, and the SHA-256 of every file, which a test compares against what is on
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,22 @@ def file_hashes(folder: Path) -> dict[str, str]:
 
 
 def write_manifest(
-    root: Path, *, command: str, configs: Mapping[str, Any], metrics: Mapping[str, Mapping[str, float]]
+    root: Path,
+    *,
+    command: str,
+    configs: Mapping[str, Any],
+    metrics: Mapping[str, Mapping[str, float]],
+    commands: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
-    """Write ``root/manifest.json`` for the model folders under ``root``."""
+    """Write ``root/manifest.json`` for the model folders under ``root``.
+
+    Args:
+        root: The folder of the model folders.
+        command: The command that wrote this manifest.
+        configs: Each trainer's settings.
+        metrics: Per model, what it measured when it was trained.
+        commands: Per model, the commands that built its folder, in order (default: ``command``).
+    """
     models: dict[str, dict[str, Any]] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         hashes = file_hashes(folder)
@@ -35,6 +48,7 @@ def write_manifest(
             "files": hashes,
             "bytes": sum((folder / name).stat().st_size for name in hashes),
             "metrics": dict(metrics.get(folder.name, {})),
+            "commands": list((commands or {}).get(folder.name, [command])),
         }
     manifest = {
         "command": command,

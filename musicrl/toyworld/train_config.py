@@ -19,6 +19,8 @@ class ToyWorldTrainConfig:
         quick: A few steps of each model on a small corpus: for tests of the command, not for use.
         threads: Torch intra-op threads (the same count gives the same weights).
         models: Which models to train, comma-separated, in training order; the others keep their folders.
+        keep_codec: Retrain the policy over the codec of the existing ``musicgen`` folder instead of training a
+            codec first (the codec's metrics, history and plot carry over, and so do its commands).
     """
 
     seed: int = 0
@@ -26,6 +28,7 @@ class ToyWorldTrainConfig:
     quick: bool = False
     threads: int = 2
     models: str = ",".join(MODELS)
+    keep_codec: bool = False
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -35,6 +38,8 @@ class ToyWorldTrainConfig:
         unknown = sorted(set(self.chosen()) - set(MODELS))
         if unknown or not self.chosen():
             raise InvalidRequest(f"models={self.models!r} must name some of {', '.join(MODELS)}; unknown: {unknown}")
+        if self.keep_codec and "musicgen" not in self.chosen():
+            raise InvalidRequest("keep_codec keeps the codec of a policy being retrained: add musicgen to models")
 
     def chosen(self) -> list[str]:
         """The models to train, in training order."""

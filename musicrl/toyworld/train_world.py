@@ -8,12 +8,15 @@ loaders, so the manifest's figures describe what ships.
 """
 
 import dataclasses
+import json
 import logging
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from transformers import EncodecModel, MusicgenForConditionalGeneration
 
 from musicrl.config import EngineConfig
 from musicrl.errors import InvalidRequest
@@ -23,7 +26,7 @@ from musicrl.toyworld import train_codec, train_policy
 from musicrl.toyworld.evaluate import held_out_prompts, prompt_adherence
 from musicrl.toyworld.evaluate_codec import codec_metrics
 from musicrl.toyworld.manifest import read_manifest, write_manifest
-from musicrl.toyworld.reporting import PLOT_FILE, plot_history, write_history
+from musicrl.toyworld.reporting import METRICS_FILE, PLOT_FILE, plot_history, write_history
 from musicrl.toyworld.shipped import CHECKPOINTS_DIR, MANIFEST_FILE
 from musicrl.toyworld.train_clap import ClapTrainConfig, train_clap
 from musicrl.toyworld.train_config import ToyWorldTrainConfig
@@ -95,11 +98,17 @@ def train_toyworld(config: ToyWorldTrainConfig, command: str) -> Path:
     started = time.monotonic()
     previous = read_manifest(out) if (out / MANIFEST_FILE).exists() else {"configs": {}, "models": {}}
     metrics = {name: entry.get("metrics", {}) for name, entry in previous["models"].items()}
+    # a manifest from before per-model commands: each model was trained with the default settings of its trainer
+    commands = {
+        name: entry.get("commands", [f"musicrl toyworld train --models {name}"])
+        for name, entry in previous["models"].items()
+    }
     configs: dict[str, Any] = dict(previous["configs"])
     chosen = config.chosen()
     if "musicgen" in chosen:
         metrics |= _train_policy(config, out)
-        configs["codec"] = dataclasses.asdict(codec_settings(config))
+        if not config.keep_codec:
+            configs["codec"] = dataclasses.asdict(codec_settings(config))
         configs["policy"] = dataclasses.asdict(policy_settings(config))
     if "clap" in chosen:
         metrics["clap"] = _train_clap(config, out)
@@ -107,7 +116,10 @@ def train_toyworld(config: ToyWorldTrainConfig, command: str) -> Path:
     if "quality" in chosen:
         metrics["quality"] = _train_quality(config, out)
         configs["quality"] = dataclasses.asdict(quality_settings(config))
-    path = write_manifest(out, command=command, configs=configs, metrics=metrics)
+    for name in chosen:
+        kept = commands.get(name, []) if name == "musicgen" and config.keep_codec else []  # made the kept codec
+        commands[name] = [*kept, command]
+    path = write_manifest(out, command=command, commands=commands, configs=configs, metrics=metrics)
     logger.info("toy models %s trained in %.0f s: %s", ", ".join(chosen), time.monotonic() - started, path)
     return path
 
@@ -133,19 +145,27 @@ def _train_policy(config: ToyWorldTrainConfig, out: Path) -> dict[str, dict[str,
     started = time.monotonic()
     metrics: dict[str, dict[str, float]] = {}
     held_out = held_out_prompts(config.seed, 8 if config.quick else HELD_OUT_CLIPS)
-    codec, codec_history = train_codec.train_codec(codec_settings(config))
-    metrics["musicgen"] = codec_metrics(codec, held_out)
+    if config.keep_codec:
+        codec, codec_history, codec_plot = _existing_codec(out / "musicgen")
+        kept = read_manifest(out)["models"]["musicgen"]["metrics"]
+        metrics["musicgen"] = {k: v for k, v in kept.items() if k.startswith("codec/")}
+    else:
+        codec, codec_history = train_codec.train_codec(codec_settings(config))
+        metrics["musicgen"], codec_plot = codec_metrics(codec, held_out), None
     captions, codes = train_policy.training_set(policy_settings(config), codec, start=0)
     model, tokenizer, policy_history = train_policy.train_policy(policy_settings(config), codec, captions, codes)
     _clear(out / "musicgen")
     save_checkpoint(model, tokenizer, str(out / "musicgen"), _metadata("policy", config, metrics["musicgen"]))
     write_history(out / "musicgen", [{"model": "codec", **r} for r in codec_history] + policy_history)
-    plot_history(
-        codec_history,
-        out / "musicgen" / f"codec_{PLOT_FILE}",
-        "Toy EnCodec: decoder from the recipe, encoder to the recipe, then the whole codec",
-        {"reconstruction": ["mel", "waveform"], "encoder": ["features"], "codes in use": ["codes_used"]},
-    )
+    if codec_plot is not None:
+        (out / "musicgen" / f"codec_{PLOT_FILE}").write_bytes(codec_plot)
+    else:
+        plot_history(
+            codec_history,
+            out / "musicgen" / f"codec_{PLOT_FILE}",
+            "Toy EnCodec: decoder from the recipe, encoder to the recipe, then the whole codec",
+            {"reconstruction": ["mel", "waveform"], "encoder": ["features"], "codes in use": ["codes_used"]},
+        )
     plot_history(policy_history, out / "musicgen" / PLOT_FILE, "Toy MusicGen", {"cross-entropy": ["loss"]})
     engine = GenerationEngine.from_uri(str(out / "musicgen"), EngineConfig())
     adherence = prompt_adherence(engine, [e.caption.text for e in held_out])
@@ -153,6 +173,16 @@ def _train_policy(config: ToyWorldTrainConfig, out: Path) -> dict[str, dict[str,
     metrics["musicgen"]["policy/adherence/mean"] = adherence.mean()
     metrics["musicgen"]["time/policy_s"] = time.monotonic() - started
     return metrics
+
+
+def _existing_codec(folder: Path) -> tuple[EncodecModel, list[dict[str, Any]], bytes]:
+    """The codec inside a saved toy MusicGen, its training history and its plot (read before the folder goes)."""
+    if not (folder / "model.safetensors").is_file():
+        raise InvalidRequest(f"keep_codec needs a trained policy folder with its codec at {folder}; none is there")
+    codec = MusicgenForConditionalGeneration.from_pretrained(folder).audio_encoder.eval()
+    rows = [json.loads(line) for line in (folder / METRICS_FILE).read_text().splitlines()]
+    history = [{k: v for k, v in r.items() if k != "model"} for r in rows if r.get("model") == "codec"]
+    return codec, history, (folder / f"codec_{PLOT_FILE}").read_bytes()
 
 
 def _clear(dest: Path) -> None:

@@ -1,15 +1,18 @@
 """Tests of ``musicrl toyworld train`` at its quick budget: every model saved, judged, hashed and loadable."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from musicrl.cli import main
+from musicrl.errors import InvalidRequest
 from musicrl.models.clap_loading import load_clap
 from musicrl.models.loading import load_musicgen
 from musicrl.rewards.quality import load_quality
 from musicrl.toyworld.manifest import file_hashes, read_manifest
+from tests.utils.tiny_models import differing_tensors
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +71,37 @@ def test_the_quality_head_needs_the_clap_beside_it(tmp_path: Path) -> None:
         main(["toyworld", "train", "--quick", "true", "--out-dir", str(tmp_path), "--models", "quality"])
 
     assert exit_info.value.code != 0
+
+
+def test_a_policy_retrained_over_the_kept_codec_keeps_its_weights_metrics_and_commands(
+    trained: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "toyworld"
+    shutil.copytree(trained, out)
+    before = read_manifest(out)
+    codec_before = load_musicgen(str(out / "musicgen")).model.audio_encoder
+    codec_plot = (out / "musicgen" / "codec_training_curves.png").read_bytes()
+
+    argv = ["toyworld", "train", "--quick", "true", "--threads", "1", "--out-dir", str(out)]
+    main([*argv, "--models", "musicgen", "--keep-codec", "true"])
+
+    after = read_manifest(out)["models"]["musicgen"]
+    policy = load_musicgen(str(out / "musicgen")).model
+    assert differing_tensors(policy.audio_encoder, codec_before) == []
+    assert {k: v for k, v in after["metrics"].items() if k.startswith("codec/")} == {
+        k: v for k, v in before["models"]["musicgen"]["metrics"].items() if k.startswith("codec/")
+    }
+    assert after["commands"] == [
+        "musicrl toyworld train --quick true --threads 1",
+        "musicrl toyworld train --quick true --threads 1 --models musicgen --keep-codec true",
+    ]
+    assert (out / "musicgen" / "codec_training_curves.png").read_bytes() == codec_plot
+    assert after["files"] == file_hashes(out / "musicgen")
+    assert read_manifest(out)["configs"]["codec"] == before["configs"]["codec"]
+
+
+def test_keeping_the_codec_needs_the_policy_among_the_models(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["toyworld", "train", "--out-dir", str(tmp_path), "--models", "clap", "--keep-codec", "true"])
+
+    assert exit_info.value.code == InvalidRequest.exit_code
