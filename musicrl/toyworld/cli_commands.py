@@ -2,6 +2,7 @@
 
 musicrl toyworld train [--seed 0] [--out-dir DIR] [--quick true] [--threads 2]
 musicrl toyworld judge --policy-uri URI [--baseline-uri toy://musicgen] [--prompts 96] [--out FILE]
+musicrl toyworld sweep [--policy-uri toy://musicgen] [--prompts 48] [--out FILE]
 """
 
 import argparse
@@ -14,7 +15,7 @@ from typing import Any
 
 from musicrl.extras import needs_extra
 from musicrl.settings import add_config_flags, config_from
-from musicrl.toyworld.judge_config import JudgeConfig
+from musicrl.toyworld.judge_config import JudgeConfig, SweepConfig
 from musicrl.toyworld.train_config import ToyWorldTrainConfig
 
 
@@ -34,6 +35,12 @@ def add_toyworld_commands(commands: Commands) -> None:
     add_config_flags(judge, JudgeConfig)
     judge.add_argument("--out", type=Path, help="also write the comparison as JSON to this file")
     judge.set_defaults(command=_judge)
+    sweep = actions.add_parser(
+        "sweep", help="how temperature and guidance change a toy policy's audio: spectral entropy, flux, adherence"
+    )
+    add_config_flags(sweep, SweepConfig)
+    sweep.add_argument("--out", type=Path, help="also write the sweep as JSON to this file")
+    sweep.set_defaults(command=_sweep)
 
 
 def reproducing_command(config: ToyWorldTrainConfig) -> str:
@@ -66,3 +73,28 @@ def _judge(args: argparse.Namespace) -> None:
     sys.stdout.write(judgement.table() + "\n")
     if args.out:
         args.out.write_text(json.dumps(judgement.as_dict(), indent=2) + "\n")
+
+
+SWEEP_TEMPERATURES = (0.5, 1.0, 1.5)
+SWEEP_GUIDANCE_SCALES = (1.0, 3.0, 5.0)
+
+
+@needs_extra("train")
+def _sweep(args: argparse.Namespace) -> None:
+    from musicrl.models.engine import GenerationEngine
+    from musicrl.toyworld.evaluate import held_out_prompts, sampling_sweep
+
+    config = config_from(SweepConfig, args=args)
+    prompts = [e.caption.text for e in held_out_prompts(config.seed, config.prompts)]
+    engine = GenerationEngine.from_uri(config.policy_uri)
+    sweep = sampling_sweep(engine, prompts, SWEEP_TEMPERATURES, SWEEP_GUIDANCE_SCALES, seed=config.seed)
+    lines = [f"{'temperature':>11} {'entropy (bits)':>14} {'flux':>7}"]
+    for row in sweep["temperature"]:
+        lines.append(f"{row['temperature']:11.2f} {row['spectral_entropy']:14.3f} {row['spectral_flux']:7.3f}")
+    lines += ["", f"{'guidance':>11} {'adherence':>10}  per attribute"]
+    for row in sweep["guidance"]:
+        attributes = ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k not in ("guidance_scale", "adherence"))
+        lines.append(f"{row['guidance_scale']:11.1f} {row['adherence']:10.3f}  {attributes}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    if args.out:
+        args.out.write_text(json.dumps(sweep, indent=2) + "\n")

@@ -32,3 +32,22 @@ class JudgeConfig:
     def __post_init__(self) -> None:
         if self.prompts < 2:
             raise InvalidRequest(f"prompts={self.prompts}: a paired comparison needs at least 2")
+
+
+@dataclass(frozen=True, slots=True)
+class SweepConfig:
+    """What ``musicrl toyworld sweep`` plays: one policy at temperatures 0.5, 1, 1.5 and guidance 1, 3, 5.
+
+    Attributes:
+        policy_uri: The policy.
+        prompts: Test-split captions, each played once per setting.
+        seed: The corpus seed of the captions and the first generation seed.
+    """
+
+    policy_uri: str = "toy://musicgen"
+    prompts: int = 48
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.prompts < 1:
+            raise InvalidRequest(f"prompts={self.prompts}: the sweep needs at least one")

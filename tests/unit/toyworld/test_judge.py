@@ -60,3 +60,19 @@ def test_too_few_prompts_are_refused_with_a_sentence(capsys: pytest.CaptureFixtu
         main(["toyworld", "judge", "--policy-uri", "toy://musicgen", "--prompts", "1"])
     assert stopped.value.code == InvalidRequest.exit_code
     assert "a paired comparison needs at least 2" in capsys.readouterr().err
+
+
+def test_the_sweep_shows_temperature_making_the_audio_more_restless(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sweep.json"
+
+    main(["toyworld", "sweep", "--prompts", "8", "--out", str(out)])
+
+    sweep = json.loads(out.read_text())
+    flux = {row["temperature"]: row["spectral_flux"] for row in sweep["temperature"]}
+    assert list(flux) == [0.5, 1.0, 1.5]
+    assert flux[0.5] < flux[1.0] < flux[1.5]  # sampling further from the mode changes the sound more per frame
+    assert [row["guidance_scale"] for row in sweep["guidance"]] == [1.0, 3.0, 5.0]
+    assert all(0 <= row["adherence"] <= 1 for row in sweep["guidance"])
+    assert "entropy (bits)" in capsys.readouterr().out
