@@ -68,7 +68,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--tie-rate", type=float, default=0.0)
     parser.add_argument("--shuffled-labels", action="store_true", help="the chance control")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("bench-results/preference_learning"))
+    parser.add_argument("--out", type=Path, default=Path("out/preference_learning"))
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/musicrl/sim")
     parser.add_argument(
         "--report", nargs="+", type=Path, help="train nothing: merge these result files into one table and plot"
