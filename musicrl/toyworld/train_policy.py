@@ -57,7 +57,7 @@ class PolicyTrainConfig:
 
     seed: int = 0
     clips: int = 3_000
-    steps: int = 1_200
+    steps: int = 2_400  # at 1,200 timbre was heard in 75% of held-out asks and tempo in 30%; at 2,400, 85% and 53%
     batch_size: int = 24
     learning_rate: float = 2e-3
     warmup_steps: int = 60

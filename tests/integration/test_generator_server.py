@@ -18,6 +18,7 @@ from musicrl.config import SamplingParams
 from musicrl.models.checkpoint import CheckpointMetadata, save_checkpoint
 from musicrl.models.engine import GenerationEngine
 from musicrl.models.tiny import TinyMusicgenSpec, build_tiny_musicgen
+from musicrl.toyworld.probes import PITCH_EDGES_HZ, fundamental_hz
 from tests.utils.processes import model_server
 
 
@@ -310,3 +311,19 @@ def test_sigterm_stops_the_server_cleanly(tmp_path):
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=30) == 0
     assert "shutting down" in server.log()
+
+
+def test_the_toy_policy_is_served_and_its_prompts_set_the_pitch_the_probes_hear(tmp_path):
+    env = {"MUSICRL_MODEL_URI": "toy://musicgen", "MUSICRL_DURATION_S": "2"}
+    prompts = [b"a low, dark drone", b"a high, bright drone"]
+    with model_server("services.generator", env, tmp_path, "generator") as server:
+        client = httpclient.InferenceServerClient(server.http_url, network_timeout=120)
+        result = client.infer("generator", [_prompts(httpclient, prompts)], parameters={"seed": 4})
+        client.close()
+    _, expected = GenerationEngine.from_uri("toy://musicgen").generate(
+        [p.decode() for p in prompts], SamplingParams(duration_s=2.0), seeds=[4, 5]
+    )
+    assert np.array_equal(result.as_numpy("codes"), expected.numpy())  # a request seed s gives row i seed s + i
+    assert result.as_numpy("sample_rate").tolist() == [16_000, 16_000]
+    low, high = (fundamental_hz(row, 16_000) for row in result.as_numpy("audio"))
+    assert low < PITCH_EDGES_HZ[0] < PITCH_EDGES_HZ[1] < high, (low, high)

@@ -66,12 +66,15 @@ def test_the_toy_quality_head_reads_toy_clap_and_ranks_a_held_out_mix_of_defects
     assert np.all((scores >= 0) & (scores <= 1))
 
 
-def test_the_toy_policy_loads_by_uri_and_plays_the_pitch_and_loudness_its_prompt_asks_for() -> None:
+def test_the_toy_policy_loads_by_uri_and_plays_what_its_prompt_asks_for() -> None:
     engine = GenerationEngine.from_uri("toy://musicgen")
     prompts = [e.caption.text for e in held_out_prompts(0, 40)]
 
     adherence = prompt_adherence(engine, prompts, seed=1)
 
     assert (engine.sample_rate, engine.frame_rate, engine.num_codebooks) == (16_000, 50.0, 4)
-    assert adherence.agreed["pitch"] >= 0.6, adherence  # chance is 1/3
+    # measured on these 40 captions: pitch 0.91, loudness 0.83, timbre 0.88, tempo 0.52 (26 to 32 asks each)
+    assert adherence.agreed["pitch"] >= 0.7, adherence  # chance is 1/3
     assert adherence.agreed["loudness"] >= 0.65, adherence  # chance is 1/2
+    assert adherence.agreed["timbre"] >= 0.7, adherence  # chance is 1/2
+    assert adherence.agreed["tempo"] >= 0.42, adherence  # chance is 1/3; tempo is the attribute it learns worst
