@@ -147,6 +147,9 @@ def plot(rows: list[dict], dest: Path, title: str) -> None:
             ylabel="test accuracy",
             ylim=(0.4, 1.0),
         )
+        sizes = sorted({r["train_pairs"] for r in mine})
+        ax.set_xticks(sizes, [f"{n // 1000}k" if n % 1000 == 0 else str(n) for n in sizes], minor=False)
+        ax.set_xticks([], minor=True)  # the log scale's minor labels overlap the sizes
     for ax in axes[len(cells) :]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7)
