@@ -17,7 +17,7 @@ from musicrl.rewards.registry import load_reward
 from musicrl.toyworld.captions import read_prompt
 from musicrl.toyworld.evaluate import PROBED, generate, held_out_prompts
 from musicrl.toyworld.judge_config import JudgeConfig
-from musicrl.toyworld.probes import agreement, measure
+from musicrl.toyworld.probes import measure
 from musicrl.toyworld.world import CLIP_S
 
 
@@ -74,23 +74,23 @@ def judge(config: JudgeConfig) -> Judgement:
         for name, values in _per_clip_measures(prompts, clips, engine.sample_rate, rewards).items():
             per_clip.setdefault(name, []).append(values)
     rng = np.random.default_rng(config.seed)
-    return Judgement({name: _paired(base, tuned, rng) for name, (base, tuned) in per_clip.items()})
+    paired = {name: _paired(base, tuned, rng) for name, (base, tuned) in per_clip.items()}
+    return Judgement({name: d for name, d in paired.items() if d is not None})
 
 
 def _per_clip_measures(
     prompts: Sequence[str], clips: Sequence[np.ndarray], sample_rate: int, rewards: Sequence[RewardModel]
 ) -> dict[str, np.ndarray]:
-    # Probe agreement is 1/0 where the caption names the attribute (and the probes could judge it) and NaN
-    # where it does not, so that the paired comparison uses only the prompts that ask for it.
+    # Probe agreement is 1/0 where the caption names the attribute and NaN where it does not, so that the
+    # paired comparison uses only the prompts that ask for it. Audio in which the probes hear no such thing
+    # (silence has no pitch) counts as a miss: a policy must not gain by going quiet.
     # ``probe/all`` is, per prompt, the share of the attributes it asks for that the probes heard.
-    agreed = [
-        agreement({k: v for k, v in read_prompt(prompt).items() if k in PROBED}, measure(clip, sample_rate).words())
-        for prompt, clip in zip(prompts, clips, strict=True)
-    ]
-    measures = {
-        f"probe/{attribute}": np.array([float(a[attribute]) if attribute in a else np.nan for a in agreed])
-        for attribute in PROBED
-    }
+    agreed: list[dict[str, float]] = []
+    for prompt, clip in zip(prompts, clips, strict=True):
+        heard = measure(clip, sample_rate).words()
+        asked = {k: v for k, v in read_prompt(prompt).items() if k in PROBED}
+        agreed.append({name: float(heard.get(name) == value) for name, value in asked.items()})
+    measures = {f"probe/{attribute}": np.array([a.get(attribute, np.nan) for a in agreed]) for attribute in PROBED}
     measures["probe/all"] = np.array([np.mean(list(a.values())) if a else np.nan for a in agreed])
     batch = ClipBatch(prompts=list(prompts), audio=list(clips), sample_rate=sample_rate)
     for reward in rewards:
@@ -98,8 +98,10 @@ def _per_clip_measures(
     return measures
 
 
-def _paired(baseline: np.ndarray, policy: np.ndarray, rng: np.random.Generator) -> Difference:
-    asked = ~np.isnan(baseline)
+def _paired(baseline: np.ndarray, policy: np.ndarray, rng: np.random.Generator) -> Difference | None:
+    asked = ~np.isnan(baseline)  # the same prompts on both sides: NaN where the prompt did not ask
+    if not asked.any():
+        return None
     base, tuned = baseline[asked], policy[asked]
     differences = tuned - base
     draws = rng.integers(len(differences), size=(BOOTSTRAP_SAMPLES, len(differences)))

@@ -8,7 +8,7 @@ import pytest
 
 from musicrl.cli import main
 from musicrl.errors import InvalidRequest
-from musicrl.toyworld.judge import Difference, _paired, judge
+from musicrl.toyworld.judge import Difference, _paired, _per_clip_measures, judge
 from musicrl.toyworld.judge_config import JudgeConfig
 
 
@@ -76,3 +76,14 @@ def test_the_sweep_shows_temperature_making_the_audio_more_restless(
     assert [row["guidance_scale"] for row in sweep["guidance"]] == [1.0, 3.0, 5.0]
     assert all(0 <= row["adherence"] <= 1 for row in sweep["guidance"])
     assert "entropy (bits)" in capsys.readouterr().out
+
+
+def test_silence_is_a_miss_and_an_attribute_no_prompt_asks_for_is_left_out() -> None:
+    prompts = ["a low drone", "a high drone"]
+    silence = np.zeros(16_000, np.float32)
+
+    measures = _per_clip_measures(prompts, [silence, silence], 16_000, rewards=[])
+
+    np.testing.assert_array_equal(measures["probe/pitch"], [0.0, 0.0])  # asked, and nothing was heard
+    assert np.isnan(measures["probe/tempo"]).all()
+    assert _paired(measures["probe/tempo"], measures["probe/tempo"], np.random.default_rng(0)) is None
