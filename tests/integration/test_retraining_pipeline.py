@@ -2,7 +2,8 @@
 
 kfp.local runs each component in a subprocess of this interpreter, in the order and with the branches
 (``dsl.If``, ``dsl.ExitHandler``) a Kubeflow backend would; it ignores GPU placement, which
-``test_pipeline_compile.py`` checks in the compiled YAML instead.
+``test_pipeline_compile.py`` checks in the compiled YAML instead, with the branch a failed gate takes
+(the gate's own tests fail it with reasons; a second trained run here would cost ~80 s for that wiring).
 """
 
 import asyncio
@@ -100,16 +101,6 @@ def test_a_run_retrains_gates_registers_and_requests_a_canary(tmp_path, world, n
 async def _current_rollout(nats_url: str):
     async with levers.open_bus(BusConfig(nats_url=nats_url)) as bus:
         return await bus.store.get()
-
-
-def test_an_impossible_gate_stops_the_run_with_its_reason_and_registers_nothing(tmp_path, world, caplog):
-    artifacts = _run(tmp_path, world, stages="R", gate_max_kl=0.0, gate_min_win_rate=1.0)
-    assert PolicyRegistry(str(artifacts / "registry")).list() == []
-    (run,) = (artifacts / "runs").iterdir()
-    report = json.loads((run / "gate" / "gate_report.json").read_text())
-    assert report["passed"] is False
-    assert any("kl_to_stable" in reason for reason in report["reasons"])
-    assert not (run / "rl-u").exists() and not (run / "rl-ru").exists()  # only the selected stage ran
 
 
 def test_too_few_new_preferences_stop_before_any_training(tmp_path, world):

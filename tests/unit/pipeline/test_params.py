@@ -52,3 +52,14 @@ def test_a_stage_config_takes_this_runs_models_and_keeps_the_rest(tmp_path):
     assert config.optim.steps == 3 and config.checkpoint_every == 3 and config.device == "cpu"
     assert config.alpha == 0.1  # the paper's settings stay the config's
     assert candidate_of("R,RU", {"R": "r", "U": "u", "RU": "ru"}) == "ru"
+
+
+def test_a_stage_the_run_did_not_select_hands_on_its_start_checkpoint_without_training(tmp_path, caplog):
+    from musicrl.pipeline.steps import run_rl_stage
+
+    models = StageModels("tiny://musicgen?seed=4", "tiny://musicgen?seed=4", "tiny://clap", "q", "p")
+    params = RetrainingParams(stages="R", rl_config_dir=str(tmp_path / "no-configs-here"))
+    with caplog.at_level("INFO"):
+        assert run_rl_stage("U", params, models, str(tmp_path / "rl-u")) == "tiny://musicgen?seed=4"
+    assert not (tmp_path / "rl-u").exists()
+    assert "stage U is not among R: skipped" in caplog.text

@@ -74,3 +74,25 @@ def test_the_pipeline_function_defaults_are_the_dataclass_defaults():
 
     signature = inspect.signature(retraining_pipeline.pipeline_func)
     assert {n: p.default for n, p in signature.parameters.items()} == RetrainingParams().to_wire()
+
+
+def _branch(spec: dict, name: str) -> tuple[dict, set[str]]:
+    """The task ``name`` (a dsl.If branch) and the names of the tasks in its sub-DAG."""
+    for dag in [spec["root"]["dag"], *(c.get("dag", {}) for c in spec["components"].values())]:
+        for task in dag.get("tasks", {}).values():
+            if task["taskInfo"]["name"] == name:
+                return task, set(spec["components"][task["componentRef"]["name"]]["dag"]["tasks"])
+    raise AssertionError(f"no branch named {name}")
+
+
+def test_only_a_passed_gate_registers_and_starts_the_canary_and_a_failed_one_says_why(fresh):
+    # kfp.local runs the passed branch in test_retraining_pipeline.py, and the gate's own tests fail it with
+    # reasons; here, that the gate's verdict is what the two branches hang on
+    spec = next(yaml.safe_load_all(fresh.read_text()))
+    (passed, registering), (failed, stopping) = _branch(spec, "gate-passed"), _branch(spec, "gate-failed")
+    condition = passed["triggerPolicy"]["condition"]
+    assert condition == "inputs.parameter_values['pipelinechannel--offline-gate-passed'] == true"
+    assert failed["triggerPolicy"]["condition"] == f"!({condition})"
+    assert registering == {"register-candidate", "start-canary"}
+    assert stopping == {"stop-early"}
+    assert "pipelinechannel--offline-gate-reason" in failed["inputs"]["parameters"]  # what stop-early logs
