@@ -29,12 +29,15 @@ $(STAMP): pyproject.toml constraints.txt
 run: setup
 	$(PY) -m musicrl up --model-uri '$(RUN_MODEL)'
 
-# lint is part of test, so CI (which runs `make test`) enforces it
+# lint is part of test, so CI (which runs `make test`) enforces it. Two workers, one per core of the CI
+# machine; --dist loadfile keeps each file on one worker, so a module's fixtures (trained models, a
+# running platform) are built once. The tests run torch on one thread each (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: setup lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
-	$(PY) -m pytest -m 'not slow'
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m 'not slow'
 
 lint: setup
 	$(VENV)/bin/ruff check .
