@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -28,57 +28,28 @@ from musicrl.data.durable import write_durably
 from musicrl.errors import InvalidRequest, MusicRLError
 from musicrl.gateway.auth import Scope, new_api_key
 from musicrl.gateway.keys_file import add_key
+from musicrl.supervision import CrashLoop, RestartPolicy, Supervisor, exit_reason
+
+
+__all__ = [  # the supervision names are part of this module's interface (they were defined here first)
+    "CrashLoop",
+    "LocalPlatform",
+    "LocalPlatformConfig",
+    "RestartPolicy",
+    "Supervisor",
+    "check_ports_free",
+    "ensure_admin_key",
+    "exit_reason",
+    "run_local_platform",
+]
 
 
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 300.0  # a real checkpoint may download for minutes before the generator is ready
 POLL_S = 0.5  # how often `musicrl up` looks at its children: a crash is noticed within half a second
-STOP_TIMEOUT_S = 30.0  # a service's graceful stop (the recorder writes its last batch) before SIGKILL
 LOCAL_ADMIN_KEY_ID = "local-admin"
 LOG_TAIL_LINES = 5  # lines of a service's log shown when it dies during start-up
-
-Launcher = Callable[[], subprocess.Popen[bytes]]  # starts a replacement of a supervised process
-
-
-@dataclass(frozen=True, slots=True)
-class RestartPolicy:
-    """When ``musicrl up`` restarts a service that exited, and when it gives up (Kubernetes' CrashLoopBackOff).
-
-    The n-th crash in a row waits ``restart_backoff_s * 2**(n - 1)`` seconds, at most ``restart_backoff_max_s``,
-    before the restart. A crash counts as "in a row" when the run it ends was shorter than ``healthy_after_s``;
-    a longer run starts a new count. The ``max_crashes``-th crash in a row stops the whole platform.
-
-    Attributes:
-        restart_backoff_s: Wait before the first restart, in seconds.
-        restart_backoff_max_s: Longest wait before a restart, in seconds.
-        healthy_after_s: A run at least this long, in seconds, resets the crash count.
-        max_crashes: Crashes in a row after which ``musicrl up`` stops everything.
-    """
-
-    restart_backoff_s: float = 1.0  # Kubernetes waits 10 s; locally the recorder should be back at once
-    restart_backoff_max_s: float = 30.0  # Kubernetes caps at 300 s; a laptop user would think it hung
-    healthy_after_s: float = 60.0  # a minute up is not a crash loop (Kubernetes says 10 min; local runs are short)
-    max_crashes: int = 5  # 1 + 2 + 4 + 8 s of backoff: ~15 s of trying before the platform gives up
-
-    def __post_init__(self) -> None:
-        if not self.restart_backoff_s > 0:
-            raise InvalidRequest(
-                f"restart_backoff_s must be a positive number of seconds, got {self.restart_backoff_s}"
-            )
-        if not self.restart_backoff_max_s >= self.restart_backoff_s:
-            raise InvalidRequest(
-                f"restart_backoff_max_s ({self.restart_backoff_max_s}) must be at least restart_backoff_s "
-                f"({self.restart_backoff_s}); raise restart_backoff_max_s"
-            )
-        if not self.healthy_after_s > 0:
-            raise InvalidRequest(f"healthy_after_s must be a positive number of seconds, got {self.healthy_after_s}")
-        if self.max_crashes < 1:
-            raise InvalidRequest(f"max_crashes must be >= 1, got {self.max_crashes}")
-
-    def backoff_s(self, crashes: int) -> float:
-        """Seconds to wait before restarting a service after its ``crashes``-th crash in a row (1 or more)."""
-        return min(self.restart_backoff_max_s, self.restart_backoff_s * 2.0 ** min(crashes - 1, 64))
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,128 +131,86 @@ def check_ports_free(config: LocalPlatformConfig) -> None:
                 raise MusicRLError(f"cannot listen on port {port} ({what}): {e.strerror}; pass {flag}") from e
 
 
-class CrashLoop:
-    """One service's count of crashes in a row, and the backoff it earns (see :class:`RestartPolicy`).
+SERVICES = ("generator", "recorder", "gateway", "rollout")  # started in this order, after nats-server
+ServiceEnv = Mapping[str, Mapping[str, str]]  # service name → settings added to (or replacing) its defaults
+
+
+class LocalPlatform:
+    """Every service of the local platform, started and kept running while the context is open.
+
+    ``with LocalPlatform(config) as platform:`` starts nats-server, the generator, the recorder, the gateway
+    and the rollout controller, waits until the gateway and the generator are ready, then supervises them
+    from a background thread: a service that exits is restarted after a backoff (``config.restarts``).
+    Leaving the context stops them all, the gateway first and nats-server last.
 
     Args:
-        policy: The restart policy.
-        started_at: When the service was last started, in seconds of the supervisor's clock.
-    """
-
-    def __init__(self, policy: RestartPolicy, started_at: float) -> None:
-        self.policy = policy
-        self.started_at = started_at
-        self.crashes = 0
-
-    def started(self, now: float) -> None:
-        """Note that the service was (re)started at ``now``."""
-        self.started_at = now
-
-    def crashed(self, now: float) -> float | None:
-        """Count an exit at ``now``.
-
-        Args:
-            now: When the exit was seen, on the same clock as ``started_at``.
-
-        Returns:
-            Seconds to wait before the restart, or None when this was the ``max_crashes``-th crash in a row.
-        """
-        if now - self.started_at >= self.policy.healthy_after_s:
-            self.crashes = 0
-        self.crashes += 1
-        if self.crashes >= self.policy.max_crashes:
-            return None
-        return self.policy.backoff_s(self.crashes)
-
-
-@dataclass(slots=True)
-class _Supervised:
-    relaunch: Launcher
-    process: subprocess.Popen[bytes]
-    crash_loop: CrashLoop
-    restarts: int = 0
-    restart_at: float | None = None  # set while it waits out its backoff
-
-
-class Supervisor:
-    """Keeps a set of processes running: restarts one that exits, after a backoff, and gives up on a crash loop.
-
-    Args:
-        policy: When to restart and when to give up.
-        clock: Monotonic seconds; a test passes its own so that it need not sleep through a backoff.
-        log_dir: Where each service's ``<name>.log`` is, for the give-up message (None: not mentioned).
+        config: Model, ports, state folder and restart policy.
+        service_env: Extra settings per service (``generator``, ``recorder``, ``gateway``, ``rollout``), for
+            a caller that runs the platform with other settings than ``musicrl up`` (the demo does).
+        stop: Set by a signal handler to abandon the start-up (then ``__enter__`` raises KeyboardInterrupt).
     """
 
     def __init__(
-        self, policy: RestartPolicy, clock: Callable[[], float] = time.monotonic, log_dir: Path | None = None
+        self, config: LocalPlatformConfig, service_env: ServiceEnv | None = None, stop: threading.Event | None = None
     ) -> None:
-        self.policy = policy
-        self.clock = clock
-        self.log_dir = log_dir
-        self.services: dict[str, _Supervised] = {}
+        unknown = set(service_env or {}) - set(SERVICES)
+        if unknown:
+            raise InvalidRequest(f"no service named {sorted(unknown)}; the services are {', '.join(SERVICES)}")
+        self.config = config
+        self.service_env = service_env or {}
+        self.state = Path(config.state_dir).resolve()
+        self.logs = self.state / "logs"
+        self.stop = stop or threading.Event()
+        self.supervisor = Supervisor(config.restarts, log_dir=self.logs)
+        self.nats = LocalNatsServer(self.state / "nats", port=config.nats_port, log_path=self.logs / "nats.log")
+        self.failure: MusicRLError | None = None  # why supervision gave up, if it did
+        self._supervising: threading.Thread | None = None
+        self._done = threading.Event()
 
-    def add(self, name: str, process: subprocess.Popen[bytes], relaunch: Launcher) -> None:
-        """Supervise ``process`` (already started) as ``name``; ``relaunch`` starts a replacement.
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.gateway_port}"
 
-        Services are stopped in the reverse order of their addition.
-        """
-        self.services[name] = _Supervised(relaunch, process, CrashLoop(self.policy, self.clock()))
+    @property
+    def admin_token(self) -> str:
+        """The local admin API key (every scope)."""
+        return (self.state / "admin.key").read_text().strip()
 
-    def process(self, name: str) -> subprocess.Popen[bytes]:
-        """The current process of ``name`` (it changes on each restart)."""
-        return self.services[name].process
+    def __enter__(self) -> "LocalPlatform":
+        check_ports_free(self.config)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        try:
+            self.nats.start()
+            assert self.nats.process is not None  # start() returns only with a running server
+            self.supervisor.add("nats", self.nats.process, lambda: _relaunch_nats(self.nats))
+            _start_services(self.config, self.state, self.nats.url, self.supervisor, self.service_env)
+            if not _wait_ready(_readiness_urls(self.config), self.supervisor, self.stop, self.logs):
+                raise KeyboardInterrupt
+        except BaseException:
+            self._stop_all()
+            raise
+        self._supervising = threading.Thread(target=self._supervise, name="local-platform", daemon=True)
+        self._supervising.start()
+        return self
 
-    def exited(self) -> dict[str, int]:
-        """The exit code of each service whose current process has exited, by name."""
-        codes = {name: s.process.poll() for name, s in self.services.items()}
-        return {name: code for name, code in codes.items() if code is not None}
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        if self._supervising is not None:
+            self._supervising.join()
+        self._stop_all()
 
-    def check(self) -> None:
-        """Restart each service whose backoff is over, and schedule the restart of each that has just exited.
+    def _supervise(self) -> None:
+        while not self._done.wait(POLL_S):
+            try:
+                self.supervisor.check()
+            except MusicRLError as e:
+                self.failure = e
+                self.stop.set()  # whoever waits on the platform learns at once
+                return
 
-        Raises:
-            MusicRLError: A service crashed ``policy.max_crashes`` times in a row.
-        """
-        now = self.clock()
-        for name, service in self.services.items():
-            if service.restart_at is not None:
-                if now >= service.restart_at:
-                    self._restart(name, service)
-            elif (code := service.process.poll()) is not None:
-                self._schedule_restart(name, service, code, now)
-
-    def _schedule_restart(self, name: str, service: _Supervised, code: int, now: float) -> None:
-        delay = service.crash_loop.crashed(now)
-        if delay is None:
-            where = f"; see {self.log_dir / f'{name}.log'}" if self.log_dir else ""
-            raise MusicRLError(
-                f"{name} {exit_reason(code)}: {self.policy.max_crashes} crashes in a row, each less than "
-                f"{self.policy.healthy_after_s:g} s after its start; stopping everything{where}"
-            )
-        service.restart_at = now + delay
-        logger.warning("%s %s; restarting in %g s (restart %d)", name, exit_reason(code), delay, service.restarts + 1)
-
-    def _restart(self, name: str, service: _Supervised) -> None:
-        service.restarts += 1
-        service.restart_at = None
-        service.process = service.relaunch()
-        service.crash_loop.started(self.clock())  # after the launch, which may wait (nats-server's does)
-        logger.info("restarted %s (pid %d)", name, service.process.pid)
-
-    def stop_all(self) -> None:
-        """Stop every service, the last added first: SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``."""
-        for name, service in reversed(self.services.items()):
-            _stop(name, service.process)
-
-
-def exit_reason(code: int) -> str:
-    """A process's exit status in words: ``exited with code 3`` or ``was killed by SIGKILL``."""
-    if code >= 0:
-        return f"exited with code {code}"
-    try:
-        return f"was killed by {signal.Signals(-code).name}"
-    except ValueError:
-        return f"was killed by signal {-code}"
+    def _stop_all(self) -> None:
+        self.supervisor.stop_all()  # the gateway first, nats-server last
+        self.nats.stop()
 
 
 def run_local_platform(config: LocalPlatformConfig) -> None:
@@ -298,29 +227,19 @@ def run_local_platform(config: LocalPlatformConfig) -> None:
         MusicRLError: A port is taken, a service exited during start-up, or a service crashed
             ``config.restarts.max_crashes`` times in a row.
     """
-    check_ports_free(config)
-    state = Path(config.state_dir).resolve()
-    logs = state / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    supervisor = Supervisor(config.restarts, log_dir=logs)
-    nats = LocalNatsServer(state / "nats", port=config.nats_port, log_path=logs / "nats.log")
     try:
-        nats.start()
-        assert nats.process is not None  # start() returns only with a running server
-        supervisor.add("nats", nats.process, lambda: _relaunch_nats(nats))
-        _start_services(config, state, nats.url, supervisor)
-        if not _wait_ready(_readiness_urls(config), supervisor, stop, logs):
-            return
-        logger.info("the listening page: http://127.0.0.1:%d/", config.gateway_port)
-        logger.info("API docs at /docs; the local admin API key is in %s", state / "admin.key")
-        logger.info("Ctrl-C stops everything; logs are in %s", logs)
-        while not stop.wait(POLL_S):
-            supervisor.check()
+        with LocalPlatform(config, stop=stop) as platform:
+            logger.info("the listening page: %s/", platform.gateway_url)
+            logger.info("API docs at /docs; the local admin API key is in %s", platform.state / "admin.key")
+            logger.info("Ctrl-C stops everything; logs are in %s", platform.logs)
+            stop.wait()
+            if platform.failure is not None:
+                raise platform.failure
+    except KeyboardInterrupt:
+        return  # stopped during start-up
     finally:
-        supervisor.stop_all()  # the gateway first, nats-server last
-        nats.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -335,7 +254,9 @@ def _relaunch_nats(nats: LocalNatsServer) -> subprocess.Popen[bytes]:
     return nats.process
 
 
-def _start_services(config: LocalPlatformConfig, state: Path, nats_url: str, supervisor: Supervisor) -> None:
+def _start_services(
+    config: LocalPlatformConfig, state: Path, nats_url: str, supervisor: Supervisor, extra: ServiceEnv
+) -> None:
     common = {"MUSICRL_NATS_URL": nats_url, "MUSICRL_HOST": "127.0.0.1"}
     environments = {
         "generator": {
@@ -358,7 +279,8 @@ def _start_services(config: LocalPlatformConfig, state: Path, nats_url: str, sup
             "MUSICRL_METRICS_PORT": str(config.rollout_metrics_port),
         },
     }
-    for service, env in environments.items():
+    for service in SERVICES:
+        env = {**environments[service], **extra.get(service, {})}
 
         def launch(service: str = service, env: Mapping[str, str] = env) -> subprocess.Popen[bytes]:
             return _spawn(service, state, env)
@@ -467,14 +389,3 @@ def _tail(path: Path) -> str:
     except OSError as e:
         return f"(cannot read it: {e})"
     return "\n".join(lines[-LOG_TAIL_LINES:])
-
-
-def _stop(name: str, child: subprocess.Popen[bytes]) -> None:
-    if child.poll() is None:
-        child.terminate()
-        try:
-            child.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            logger.warning("%s did not stop in %.0f s; killing it", name, STOP_TIMEOUT_S)
-            child.kill()
-            child.wait()
