@@ -116,15 +116,24 @@ class JobRunner:
         self.slots = slots
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, prompt: str, params: SamplingParams, num_clips: int, idem: Idempotency) -> Job:
+    async def submit(
+        self, prompt: str, params: SamplingParams, num_clips: int, idem: Idempotency, seed: int | None = None
+    ) -> Job:
         """Record a queued job in KV and start it in the background.
+
+        Args:
+            prompt: What to generate.
+            params: Sampling settings.
+            num_clips: Clips to generate.
+            idem: The request's idempotency (ids, and the seeds when ``seed`` is None).
+            seed: The first clip's seed (clip i gets ``seed + i`` mod 2^63); None draws them.
 
         Raises:
             Overloaded: The replica is at its bound of generations in flight (nothing was recorded).
         """
         slot = self.slots.take()  # held by the job until it ends
         try:
-            job = await self._record_queued(prompt, params, num_clips, idem)
+            job = await self._record_queued(prompt, params, num_clips, idem, seed)
         except BaseException:
             slot.release()
             raise
@@ -133,13 +142,15 @@ class JobRunner:
         task.add_done_callback(self._tasks.discard)
         return job
 
-    async def _record_queued(self, prompt: str, params: SamplingParams, num_clips: int, idem: Idempotency) -> Job:
+    async def _record_queued(
+        self, prompt: str, params: SamplingParams, num_clips: int, idem: Idempotency, seed: int | None
+    ) -> Job:
         job = Job(
             id=idem.new_id("job"),
             status=JobStatus.QUEUED,
             prompt=prompt,
             params=params,
-            seeds=[idem.new_seed(f"seed/{i}") for i in range(num_clips)],
+            seeds=[idem.new_seed(f"seed/{i}") if seed is None else (seed + i) % 2**63 for i in range(num_clips)],
             clip_ids=[idem.new_id(f"clip/{i}").replace("-", "") for i in range(num_clips)],
         )
         await self.kv.put(job.id, job.to_wire())

@@ -34,6 +34,9 @@ Prompt = Annotated[
 ]
 
 
+MAX_SEED = 2**63 - 1  # the generator's seed input is INT64
+
+
 class _Strict(BaseModel):
     # a misspelt field is an error, not silently ignored; "3" is not a number; NaN is not a length
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -80,6 +83,13 @@ class GenerationCreate(_Strict):
     temperature: float = Field(default=1.0, ge=0, le=10, description="Sampling temperature; 0 is greedy.")
     top_k: int = Field(default=250, ge=0, le=100_000, description="Top-k sampling; 0 keeps every token.")
     guidance_scale: float = Field(default=3.0, ge=1, le=30, description="Classifier-free guidance scale.")
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed of the first clip; clip i uses seed + i (mod 2^63). A clip depends only on the policy, "
+        "prompt, settings and seed, so the same request to the same policy gives the same audio. Random when omitted.",
+    )
     listener_id: str | None = LISTENER_ID
 
 

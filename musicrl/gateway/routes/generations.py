@@ -37,7 +37,9 @@ async def create_generation(
     scoped = idem.for_user(listener_of(state, caller, generation_in.listener_id).user_id)
 
     async def submit() -> GenerationPublic:
-        job = await state.jobs.submit(generation_in.prompt, params, generation_in.num_clips, scoped)
+        job = await state.jobs.submit(
+            generation_in.prompt, params, generation_in.num_clips, scoped, seed=generation_in.seed
+        )
         return generation_public(job)
 
     generation = await scoped.run(submit, GenerationPublic, SUBMIT_LEASE_S, response)
