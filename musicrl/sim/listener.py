@@ -166,20 +166,25 @@ class Listener:
         decisive = p.a + p.b
         return float(right.sum() / decisive.sum()) if decisive.sum() > 0 else float("nan")
 
-    def vote(self, scores_a: np.ndarray, scores_b: np.ndarray, rng: np.random.Generator) -> Votes:
+    def vote(
+        self, scores_a: np.ndarray, scores_b: np.ndarray, rng: np.random.Generator, users: np.ndarray | None = None
+    ) -> Votes:
         """The panel's answers to pairs (A, B) of these scores, each from a uniformly drawn member.
 
         Args:
             scores_a: Taste scores of clip A, [N].
             scores_b: Taste scores of clip B, [N].
             rng: Source of every random draw (member, attention, choice).
+            users: The member who answers each pair, int [N] (drawn uniformly when None): a caller that
+                acts as that member before the vote (requests a comparison in its name) draws it first.
 
         Returns:
             One answer per pair.
         """
         config = self.config
         delta = self.margins(scores_a, scores_b)
-        users = rng.integers(0, config.panel_size, size=len(delta))  # [N]
+        if users is None:
+            users = rng.integers(0, config.panel_size, size=len(delta))  # [N]
         listened = users >= config.inattentive_members
         attentive = Listener(self.taste, _attentive(config), self.scale).probabilities(delta)
         coin = VoteProbabilities(

@@ -10,11 +10,14 @@ Five kinds, each a small frozen class with a ``score(clip)``:
   when it asks for a dark one (read with the toy world's :func:`~musicrl.toyworld.captions.read_prompt`),
   indifferent when it asks for neither.
 
+And one control, :class:`Arbitrary` (``random``): a consistent but unlearnable score per clip.
+
 The platform never sees a taste; only the votes it causes. :func:`taste_by_name` builds one from the
 names in :data:`TASTES` (what ``--taste`` chooses from).
 """
 
 import functools
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -143,6 +146,24 @@ class PromptTimbre:
         return Brightness(sign=self.sign(clip.prompt)).score(clip)
 
 
+@dataclass(frozen=True, slots=True)
+class Arbitrary:
+    """The control: a score that is a fixed pseudo-random number of each clip's audio, uniform in [0, 1).
+
+    The same clip always gets the same score, so listeners vote decisively and consistently, but nothing a
+    model can learn or a policy can change moves it: such listeners prefer nothing systematically.
+    """
+
+    name: str = "random"
+
+    def score(self, clip: HeardClip) -> float:
+        """A uniform number drawn from the hash of the audio's 16-bit PCM (what a WAV round trip keeps)."""
+        # libsndfile's scale: a WAV read gives k / 32768, so a clip heard twice hashes the same bytes
+        pcm = np.clip(np.round(clip.audio.astype(np.float64) * 32768), -32768, 32767).astype("<i2").tobytes()
+        digest = hashlib.blake2b(pcm, digest_size=8).digest()
+        return int.from_bytes(digest, "little") / 2.0**64
+
+
 @functools.lru_cache(maxsize=8)
 def hidden_tokens(seed: int, share: float) -> np.ndarray:
     """The token set of :class:`CodeShare`, bool [MAX_VOCAB], drawn once per (seed, share) per process."""
@@ -158,6 +179,7 @@ TASTES: dict[str, Callable[[], Taste]] = {
     "onset-rate": OnsetRate,
     "code-share": CodeShare,
     "prompt-timbre": PromptTimbre,
+    "random": Arbitrary,
 }
 
 

@@ -73,3 +73,29 @@ def test_every_registered_taste_gives_finite_scores_even_to_silence():
 def test_an_unknown_taste_is_refused_with_the_known_names():
     with pytest.raises(InvalidRequest, match="unknown taste 'loudness'; known: brightness"):
         taste_by_name("loudness")
+
+
+def test_the_random_taste_is_consistent_per_clip_but_follows_nothing_a_policy_can_change():
+    import io
+
+    import soundfile
+
+    from musicrl.sim.tastes import Arbitrary, Brightness
+
+    taste = taste_by_name("random")
+    assert isinstance(taste, Arbitrary)
+
+    def through_wav(audio: np.ndarray) -> np.ndarray:  # what a listener gets from the API: 16-bit PCM WAV
+        wav = io.BytesIO()
+        soundfile.write(wav, audio, RATE, format="WAV", subtype="PCM_16")
+        return soundfile.read(io.BytesIO(wav.getvalue()), dtype="float32")[0]
+
+    heard = through_wav(_tone(5))
+    assert taste.score(_clip(heard)) == taste.score(_clip(through_wav(heard)))  # heard again: the same score
+    assert taste.score(_clip(heard)) != taste.score(_clip(through_wav(_tone(5) * 0.99)))  # another clip: another draw
+    rng = np.random.default_rng(0)
+    clips = [_clip(_tone(int(h)) * rng.uniform(0.5, 1.0)) for h in rng.integers(1, 16, 400)]
+    values = scores(taste, clips)
+    assert 0.0 <= values.min() and values.max() < 1.0 and abs(values.mean() - 0.5) < 0.05
+    bright = scores(Brightness(), clips)
+    assert abs(np.corrcoef(values, bright)[0, 1]) < 0.15  # 400 clips: |r| of unrelated scores is ~0.05
