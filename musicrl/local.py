@@ -210,6 +210,11 @@ class LocalPlatform:
 
     def _stop_all(self) -> None:
         self.supervisor.stop_all()  # the gateway first, nats-server last
+        # the controller's canary generators run in sessions of their own, so as to outlive a restart of it
+        from musicrl.rollout.local_target import stop_canaries
+
+        for pid in stop_canaries(self.state):
+            logger.info("stopped the canary generator (pid %d)", pid)
         self.nats.stop()
 
 

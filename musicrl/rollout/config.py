@@ -25,15 +25,20 @@ class LocalTargetConfig:
         state_dir: Where the canaries' logs and process files go (``musicrl up``'s state folder).
         canary_host: Address the canary generators bind to.
         canary_first_port: The first port tried for a canary's V2 REST endpoint (its gRPC port is the next one).
+        retire_after_s: Seconds after a promotion before the replaced generator is stopped: the gateway moves
+            to the new one and the clips in flight finish.
     """
 
     state_dir: str = ".musicrl"
     canary_host: str = "127.0.0.1"
     canary_first_port: int = 8180  # clear of the stable generator's 8080/8081
+    retire_after_s: float = 30.0  # a 30 s clip on a CPU takes this long; the routing watch moves within 1 s
 
     def __post_init__(self) -> None:
         if not 1024 <= self.canary_first_port <= 65534:
             raise InvalidRequest(f"canary_first_port must be between 1024 and 65534, got {self.canary_first_port}")
+        if not (math.isfinite(self.retire_after_s) and self.retire_after_s >= 0):
+            raise InvalidRequest(f"retire_after_s must be a number of seconds >= 0, got {self.retire_after_s}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ class LocalTarget:
         self.model_name = model_name
         self.nats_url = nats_url
         self.folder = Path(config.state_dir) / "canaries"
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def check_idle(self) -> None:
         """Nothing to check locally: the rollout record is the one guard, and it is checked by ``start``."""
@@ -74,8 +75,17 @@ class LocalTarget:
             return False
 
     async def promote(self, canary: PolicyEndpoint, stable: PolicyEndpoint) -> PolicyEndpoint:
-        await asyncio.to_thread(self._stop_url, stable.url)  # only a process this target started
+        # The controller rewrites the routing table once this returns, and the gateway follows within a second:
+        # stopping the replaced generator now would cut the clips it is generating (503s). It is stopped once
+        # the gateway has moved and those clips are done.
+        task = asyncio.create_task(self._retire(stable.url))
+        self._retiring.add(task)  # the loop holds tasks weakly
+        task.add_done_callback(self._retiring.discard)
         return canary
+
+    async def _retire(self, url: str) -> None:
+        await asyncio.sleep(self.config.retire_after_s)
+        await asyncio.to_thread(self._stop_url, url)  # only a process this target started
 
     async def rollback(self, canary: PolicyEndpoint, stable: PolicyEndpoint) -> None:
         await asyncio.to_thread(self._stop_url, canary.url)
@@ -123,6 +133,25 @@ class LocalTarget:
                 _stop(int(record["pid"]))
                 path.unlink()
                 logger.info("canary generator %s (pid %d) stopped", url, record["pid"])
+
+
+def stop_canaries(state_dir: str | Path) -> list[int]:
+    """Stop every canary generator started under ``state_dir`` (for ``musicrl up`` stopping everything).
+
+    A promoted canary serves as the stable policy until the platform stops; this stops it too.
+
+    Returns:
+        The process ids stopped.
+    """
+    folder = Path(state_dir) / "canaries"
+    stopped = []
+    for path in sorted(folder.glob("*.json")) if folder.exists() else []:
+        pid = int(json.loads(path.read_text())["pid"])
+        if _alive(pid):
+            _stop(pid)
+            stopped.append(pid)
+        path.unlink()
+    return stopped
 
 
 def _alive(pid: int) -> bool:
