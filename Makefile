@@ -7,7 +7,7 @@ STAMP := $(VENV)/.setup-stamp
 TORCH_VERSION := 2.13.0
 RUN_MODEL ?= toy://musicgen
 
-.PHONY: setup system-deps run test test-fast lint format proto bench lock clean
+.PHONY: setup system-deps run demo test test-fast lint format proto bench lock clean
 
 setup: system-deps $(STAMP)
 
@@ -28,6 +28,11 @@ $(STAMP): pyproject.toml constraints.txt
 # nats-server, the generator, the recorder and the gateway on loopback; the page at http://127.0.0.1:8000/
 run: setup
 	$(PY) -m musicrl up --model-uri '$(RUN_MODEL)'
+
+# the closed loop on this machine: simulated listeners, the pipeline under kfp.local, the canary; a report
+# in out/demo/report.html (DEMO_FLAGS, e.g. --taste crescendo --rounds 2)
+demo: setup
+	$(PY) -m musicrl demo $(DEMO_FLAGS)
 
 # lint is part of test, so CI (which runs `make test`) enforces it. Two workers, one per core of the CI
 # machine; --dist loadfile keeps each file on one worker, so a module's fixtures (trained models, a

@@ -19,6 +19,7 @@
     musicrl serve rollout --nats-url URL [--target local|kserve]
     musicrl rollout status|start VERSION|analyse|promote|rollback --nats-url URL
     musicrl toyworld train [--seed N] [--out-dir DIR] [--quick true]   # the shipped toy:// models
+    musicrl demo [--taste brightness] [--rounds N]   # the closed loop: listeners, pipeline, canary, report
 
 Flags are derived from the config dataclasses (``musicrl.settings``); errors the user can fix end the
 process with a sentence on stderr and the exit code of their class (``musicrl.errors``).
@@ -41,6 +42,7 @@ from pathlib import Path
 
 from musicrl.config import BusConfig, EngineConfig, GeneratorServiceConfig, RewardServiceConfig, SamplingParams
 from musicrl.data.snapshot_config import SnapshotConfig
+from musicrl.demo.cli_commands import add_demo_command
 from musicrl.entrypoint import run_main
 from musicrl.errors import InvalidRequest
 from musicrl.extras import needs_extra
@@ -167,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_commands(commands)
     add_rollout_commands(commands)
     add_toyworld_commands(commands)
+    add_demo_command(commands)
     return parser
 
 

@@ -1,7 +1,8 @@
 """A canary that listeners prefer is promoted by itself, through the real gateway, NATS, CLI and controller.
 
 The stable policy is the tiny model of seed 0; the registered candidate is seed 1, whose clips are brighter.
-Listeners who like brightness (a taste the platform never sees) judge blind comparisons through the REST API.
+Simulated listeners who like brightness (``musicrl.sim``; a taste the platform never sees) judge blind
+comparisons through the REST API.
 ``musicrl rollout start`` asks the controller, which starts the canary as a second generator process; the
 controller counts the votes, promotes, rewrites the routing table and announces the decision.
 """
@@ -16,11 +17,13 @@ import time
 import pytest
 
 from musicrl.config import BusConfig
+from musicrl.demo.listeners import RestPanel
 from musicrl.pipeline.registry import PolicyRegistry
 from musicrl.rollout import levers
 from musicrl.rollout.record import RolloutRecord, Status
+from musicrl.sim.listener import ListenerConfig
+from musicrl.sim.tastes import Brightness
 from musicrl.v1 import events_pb2
-from tests.utils.bright_listener import BrightListener
 from tests.utils.platform import running_platform
 from tests.utils.processes import REPO_ROOT, free_port
 from tests.utils.rollout import ControllerProcess
@@ -64,12 +67,10 @@ def test_a_canary_with_the_better_hidden_taste_is_promoted_by_the_controller(tmp
             )
             assert started["status"] == "requested" and started["model_uri"] == CANARY
             _wait(platform.nats.url, (Status.RUNNING,), timeout_s=120)
-            listeners = [
-                BrightListener(platform.url, platform.headers(), f"listener-{i}", temperature_hz=1600.0, seed=i)
-                for i in range(4)
-            ]
+            # the simulated-listener library's panel, voting through the REST API as the page does
+            listeners = RestPanel(platform.url, platform.tokens["full"], Brightness(), ListenerConfig(temperature=0.3))
             for n in range(MAX_COMPARISONS):
-                listeners[n % len(listeners)].judge(f"a bright bell melody, take {n}")
+                listeners.judge(f"a bright bell melody, take {n}")
                 record = _current(platform.nats.url)
                 if record.status.finished:
                     break
