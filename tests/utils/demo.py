@@ -1,5 +1,6 @@
 """``musicrl demo`` shortened for CI: fewer comparisons and RL steps than ``make demo``, the same code."""
 
+import socket
 from pathlib import Path
 
 from musicrl.demo.config import DemoConfig
@@ -27,6 +28,23 @@ def short_demo(tmp_path: Path, **overrides) -> DemoRun:
     return run
 
 
+PORTS_USED = 8  # the demo's six ports, then the canary's pair
+
+
 def _free_block() -> int:
-    port = free_port()
-    return port if port <= 65535 - 20 else 20000
+    """A first port whose next PORTS_USED ports are all free now (another worker's platform may hold some)."""
+    for _ in range(100):
+        first = free_port()
+        if first + PORTS_USED <= 65535 and all(_bindable(port) for port in range(first, first + PORTS_USED)):
+            return first
+    raise RuntimeError(f"no {PORTS_USED} consecutive free ports found on 127.0.0.1")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
