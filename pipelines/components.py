@@ -21,6 +21,8 @@ def check_parameters(
     rl_workers: int,
     rl_steps: int,
     min_new_preferences: int,
+    validation_fraction: float,
+    test_fraction: float,
     gpu_count: int,
     gpu_cpu_request: str,
     gpu_memory_request: str,
@@ -41,6 +43,8 @@ def check_parameters(
             rl_workers=rl_workers,
             rl_steps=rl_steps,
             min_new_preferences=min_new_preferences,
+            validation_fraction=validation_fraction,
+            test_fraction=test_fraction,
             gpu_count=gpu_count,
             gpu_cpu_request=gpu_cpu_request,
             gpu_memory_request=gpu_memory_request,
@@ -55,7 +59,9 @@ def check_parameters(
 
 
 @dsl.component(base_image=BASE_IMAGE)
-def take_snapshot(dataset_url: str, artifacts_url: str, min_new_preferences: int) -> NamedTuple(
+def take_snapshot(
+    dataset_url: str, artifacts_url: str, min_new_preferences: int, validation_fraction: float, test_fraction: float
+) -> NamedTuple(
     "SnapshotOutputs", [("uri", str), ("digest", str), ("preferences", int), ("enough", bool), ("reason", str)]
 ):  # noqa: E501
     """Snapshot the dataset; say whether it holds enough new preferences to retrain."""
@@ -63,7 +69,9 @@ def take_snapshot(dataset_url: str, artifacts_url: str, min_new_preferences: int
 
     from musicrl.pipeline import steps
 
-    outcome = steps.take_snapshot_for_run(dataset_url, artifacts_url, min_new_preferences)
+    outcome = steps.take_snapshot_for_run(
+        dataset_url, artifacts_url, min_new_preferences, validation_fraction, test_fraction
+    )
     outputs = namedtuple("SnapshotOutputs", ["uri", "digest", "preferences", "enough", "reason"])
     return outputs(outcome.uri, outcome.digest, outcome.preferences, outcome.enough, outcome.reason)
 
@@ -79,12 +87,18 @@ def train_quality(snapshot_uri: str, clap_uri: str, artifacts_url: str, run_id: 
 
 
 @dsl.component(base_image=BASE_IMAGE)
-def train_preference(snapshot_uri: str, init_uri: str, artifacts_url: str, run_id: str, device: str) -> str:
-    """Train the preference model from the stable policy; returns its checkpoint URI."""
+def train_preference(
+    snapshot_uri: str, init_uri: str, stages: str, artifacts_url: str, run_id: str, device: str
+) -> NamedTuple("PreferenceOutputs", [("uri", str), ("usable", bool), ("reason", str)]):
+    """Train the preference model from the stable policy; say whether the RL stages may optimise it."""
+    from collections import namedtuple
+
     from musicrl.pipeline import steps
 
     out_url = steps.run_url(artifacts_url, run_id, "preference")
-    return steps.train_preference_model(snapshot_uri, init_uri, out_url, run_id, device)
+    outcome = steps.train_preference_model(snapshot_uri, init_uri, out_url, run_id, device, stages)
+    outputs = namedtuple("PreferenceOutputs", ["uri", "usable", "reason"])
+    return outputs(outcome.uri, outcome.usable, outcome.reason)
 
 
 @dsl.component(base_image=BASE_IMAGE)
@@ -215,7 +229,8 @@ def start_canary(
 
 @dsl.component(base_image=BASE_IMAGE)
 def stop_early(reason: str):
-    """End the run without a candidate, saying why (too few new preferences, or the gate said no)."""
+    """End the run without a candidate, saying why (too few new preferences, a preference model that learned
+    nothing, or the gate said no)."""
     from musicrl.pipeline import steps
 
     steps.stop_early(reason)

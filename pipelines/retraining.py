@@ -1,5 +1,8 @@
 """The retraining pipeline: snapshot → reward models → RL stages → offline gate → register → canary.
 
+It stops early, saying why, at three points: too few new preferences, a preference model that learned
+nothing, and a candidate the gate refuses.
+
 Started from the Kubeflow Pipelines UI with no edits, or on a schedule (``musicrl pipeline schedule``), it
 retrains on the feedback recorded since the stable policy was trained and hands a gated candidate to the
 rollout controller. Every default comes from :class:`musicrl.pipeline.params.RetrainingParams`.
@@ -50,13 +53,15 @@ class _Steps:
         return task
 
 
-def _reward_models(step: _Steps, gpu, snapshot, clap_uri, stable_uri, common) -> dict:
-    """Train the quality head and the preference model side by side, on the GPU pool."""
-    quality = step(c.train_quality, snapshot_uri=snapshot.outputs["uri"], clap_uri=clap_uri, **common)
-    preference = step(c.train_preference, snapshot_uri=snapshot.outputs["uri"], init_uri=stable_uri, **common)
+def _reward_models(step: _Steps, gpu, snapshot, clap_uri, stable_uri, stages, common) -> tuple[dict, dsl.PipelineTask]:
+    """Train the quality head and the preference model side by side, on the GPU pool; their URIs, and the
+    preference task, whose ``usable`` output says whether the RL stages may optimise it."""
+    snapshot_uri = snapshot.outputs["uri"]
+    quality = step(c.train_quality, snapshot_uri=snapshot_uri, clap_uri=clap_uri, **common)
+    preference = step(c.train_preference, snapshot_uri=snapshot_uri, init_uri=stable_uri, stages=stages, **common)
     for task in (quality, preference):
         _on_gpu(task, *gpu)
-    return {"quality_uri": quality.output, "preference_uri": preference.output}
+    return {"quality_uri": quality.output, "preference_uri": preference.outputs["uri"]}, preference
 
 
 def _rl_stages(step: _Steps, gpu, stable_uri, inputs: dict) -> dsl.PipelineTask:
@@ -114,6 +119,8 @@ def retraining_pipeline(
     rl_steps: int = D.rl_steps,
     rl_workers: int = D.rl_workers,
     min_new_preferences: int = D.min_new_preferences,
+    validation_fraction: float = D.validation_fraction,
+    test_fraction: float = D.test_fraction,
     gate_prompts_file: str = D.gate_prompts_file,
     gate_clips_per_prompt: int = D.gate_clips_per_prompt,
     gate_clip_duration_s: float = D.gate_clip_duration_s,
@@ -140,6 +147,8 @@ def retraining_pipeline(
             rl_workers=rl_workers,
             rl_steps=rl_steps,
             min_new_preferences=min_new_preferences,
+            validation_fraction=validation_fraction,
+            test_fraction=test_fraction,
             gpu_count=gpu_count,
             gpu_cpu_request=gpu_cpu_request,
             gpu_memory_request=gpu_memory_request,
@@ -155,39 +164,44 @@ def retraining_pipeline(
             dataset_url=dataset_url,
             artifacts_url=artifacts_url,
             min_new_preferences=min_new_preferences,
+            validation_fraction=validation_fraction,
+            test_fraction=test_fraction,
         ).after(checked)
         with dsl.If(snapshot.outputs["enough"] == True, name="enough-new-preferences"):  # noqa: E712
             common = {"artifacts_url": artifacts_url, "run_id": RUN_ID, "device": device}
-            models = _reward_models(step, gpu, snapshot, clap_uri, stable_uri, common)
-            stage_inputs = {
-                "stages": stages,
-                "clap_uri": clap_uri,
-                "rl_config_dir": rl_config_dir,
-                "rl_config_prefix": rl_config_prefix,
-                "rl_steps": rl_steps,
-                "rl_workers": rl_workers,
-                "image": image,
-                **models,
-                **common,
-            }
-            candidate = _rl_stages(step, gpu, stable_uri, stage_inputs)
-            gate = step(
-                c.offline_gate,
-                candidate_uri=candidate.output,
-                stable_uri=stable_uri,
-                clap_uri=clap_uri,
-                prompts_file=gate_prompts_file,
-                clips_per_prompt=gate_clips_per_prompt,
-                clip_duration_s=gate_clip_duration_s,
-                min_reward_diff=gate_min_reward_diff,
-                max_kl=gate_max_kl,
-                min_win_rate=gate_min_win_rate,
-                **models,
-                **common,
-            )
-            _on_gpu(gate, *gpu)
-            rollout = {"nats_url": nats_url, "canary_share": canary_share, "rollout_wait_s": rollout_wait_s}
-            _register_or_stop(step, gate, candidate, snapshot, stable_uri, artifacts_url, rollout)
+            models, preference = _reward_models(step, gpu, snapshot, clap_uri, stable_uri, stages, common)
+            with dsl.If(preference.outputs["usable"] == True, name="preference-model-usable"):  # noqa: E712
+                stage_inputs = {
+                    "stages": stages,
+                    "clap_uri": clap_uri,
+                    "rl_config_dir": rl_config_dir,
+                    "rl_config_prefix": rl_config_prefix,
+                    "rl_steps": rl_steps,
+                    "rl_workers": rl_workers,
+                    "image": image,
+                    **models,
+                    **common,
+                }
+                candidate = _rl_stages(step, gpu, stable_uri, stage_inputs)
+                gate = step(
+                    c.offline_gate,
+                    candidate_uri=candidate.output,
+                    stable_uri=stable_uri,
+                    clap_uri=clap_uri,
+                    prompts_file=gate_prompts_file,
+                    clips_per_prompt=gate_clips_per_prompt,
+                    clip_duration_s=gate_clip_duration_s,
+                    min_reward_diff=gate_min_reward_diff,
+                    max_kl=gate_max_kl,
+                    min_win_rate=gate_min_win_rate,
+                    **models,
+                    **common,
+                )
+                _on_gpu(gate, *gpu)
+                rollout = {"nats_url": nats_url, "canary_share": canary_share, "rollout_wait_s": rollout_wait_s}
+                _register_or_stop(step, gate, candidate, snapshot, stable_uri, artifacts_url, rollout)
+            with dsl.Else(name="preference-model-learned-nothing"):
+                step(c.stop_early, reason=preference.outputs["reason"])
         with dsl.Else(name="too-few-preferences"):
             step(c.stop_early, reason=snapshot.outputs["reason"])
 

@@ -39,6 +39,8 @@ class RetrainingParams:
         rl_workers: Processes per RL stage; above 1 the stage runs as a Kubeflow Trainer TrainJob.
         min_new_preferences: Stop early, saying so, unless the snapshot holds this many more listened
             preferences than the stable policy was trained on.
+        validation_fraction: Share of prompts whose preferences the reward trainers choose their epoch on.
+        test_fraction: Share of prompts held out from training and choosing, which the reports score on.
         gate_prompts_file: Held-out prompts of the offline gate (one per line).
         gate_clips_per_prompt: Clips per prompt and policy in the gate.
         gate_clip_duration_s: Length of the gate's clips.
@@ -69,6 +71,10 @@ class RetrainingParams:
     rl_steps: int = 0
     rl_workers: int = 1
     min_new_preferences: int = 1000  # fewer than this and a retrained reward model has learned little new
+    # the snapshot's defaults; a young deployment with a few hundred preferences needs a larger validation
+    # share, or its epochs are ranked on a handful of pairs
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
     gate_prompts_file: str = "/app/configs/rl/prompts.txt"
     gate_clips_per_prompt: int = 4
     gate_clip_duration_s: float = 10.0  # the stage configs' rollout length: the gate hears what RL optimised
@@ -107,6 +113,14 @@ class RetrainingParams:
         check_tolerations(self.gpu_tolerations)
         if not 0.0 <= self.canary_share <= 1.0 or not 0.0 <= self.rollout_wait_s <= 7 * 24 * 3600:
             raise InvalidRequest("canary_share must be in [0, 1] and rollout_wait_s between 0 and a week of seconds")
+        if not (0.0 < self.validation_fraction and 0.0 < self.test_fraction) or (
+            self.validation_fraction + self.test_fraction >= 1.0
+        ):
+            raise InvalidRequest(
+                "validation_fraction and test_fraction must be above 0 and sum to less than 1 (the reward models "
+                f"need prompts to train on, choose on and report on), got {self.validation_fraction} and "
+                f"{self.test_fraction}"
+            )
         if not 0.0 <= self.gate_min_win_rate <= 1.0 or self.gate_max_kl < 0:
             raise InvalidRequest("gate_min_win_rate must be in [0, 1] and gate_max_kl >= 0")
 

@@ -10,12 +10,16 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from musicrl.errors import InvalidRequest
 from musicrl.pipeline.params import selected_stages
-from musicrl.rl.config import RLConfig
+
+
+if TYPE_CHECKING:  # it imports torch, which a skipped stage's step need not start
+    from musicrl.rl.config import RLConfig
 
 
 logger = logging.getLogger(__name__)
@@ -48,7 +52,7 @@ class StageModels:
 
 def stage_config(
     config_path: str, models: StageModels, out_url: str, *, steps: int = 0, device: str | None = None
-) -> RLConfig:
+) -> "RLConfig":
     """The stage's config file with this run's models, output folder, and optionally steps and device.
 
     Args:
@@ -61,6 +65,8 @@ def stage_config(
     Raises:
         InvalidRequest: The config cannot be read or is invalid.
     """
+    from musicrl.rl.config import RLConfig
+
     base = RLConfig.from_file(config_path)
     rewards = tuple(dataclasses.replace(r, uri=models.uri_for(r.reward, r.uri)) for r in base.rewards)
     held_out = base.held_out and dataclasses.replace(
@@ -80,7 +86,7 @@ def stage_config(
     )
 
 
-def write_stage_config(config: RLConfig, path: Path) -> Path:
+def write_stage_config(config: "RLConfig", path: Path) -> Path:
     """Write ``config`` where ``musicrl train rl --config`` (here or in a TrainJob) reads it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config.to_wire(), sort_keys=False))

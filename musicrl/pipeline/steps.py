@@ -10,14 +10,19 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import fsspec
 
 from musicrl.data.dataset import join_url
 from musicrl.errors import InvalidRequest
-from musicrl.pipeline.params import RetrainingParams
-from musicrl.pipeline.stages import StageModels, config_file, is_selected, stage_config, write_stage_config
-from musicrl.rl.config import RLConfig
+from musicrl.pipeline.params import RetrainingParams, selected_stages
+
+
+if TYPE_CHECKING:  # the stages import torch; the light steps (snapshot, register, canary) need not start it
+    from musicrl.pipeline.stages import StageModels
+    from musicrl.rewards.train_preference import PreferenceTrainResult
+    from musicrl.rl.config import RLConfig
 
 
 logger = logging.getLogger(__name__)
@@ -48,7 +53,14 @@ def check_parameters(params: RetrainingParams) -> None:
     logger.info("pipeline parameters are valid: stages %s, %d RL worker(s)", params.stages, params.rl_workers)
 
 
-def take_snapshot(dataset_url: str, artifacts_url: str, min_new_preferences: int, trained_on: int) -> SnapshotOutcome:
+def take_snapshot(
+    dataset_url: str,
+    artifacts_url: str,
+    min_new_preferences: int,
+    trained_on: int,
+    validation_fraction: float,
+    test_fraction: float,
+) -> SnapshotOutcome:
     """Snapshot the dataset and decide whether it holds enough new preferences to retrain on.
 
     Args:
@@ -56,6 +68,8 @@ def take_snapshot(dataset_url: str, artifacts_url: str, min_new_preferences: int
         artifacts_url: Snapshots go under ``<artifacts>/snapshots``.
         min_new_preferences: Fewest new listened preferences worth a retraining.
         trained_on: Preferences the stable policy's run was trained on (0 for the first run).
+        validation_fraction: Share of prompts in the split the reward trainers choose on.
+        test_fraction: Share of prompts in the split they only report on.
 
     Raises:
         InvalidRequest: The dataset is missing or holds no preferences at all.
@@ -63,7 +77,8 @@ def take_snapshot(dataset_url: str, artifacts_url: str, min_new_preferences: int
     from musicrl.data.snapshot import create_snapshot
     from musicrl.data.snapshot_config import SnapshotConfig
 
-    result = create_snapshot(dataset_url, join_url(artifacts_url, "snapshots"), SnapshotConfig())
+    split = SnapshotConfig(validation_fraction=validation_fraction, test_fraction=test_fraction)
+    result = create_snapshot(dataset_url, join_url(artifacts_url, "snapshots"), split)
     counts = result.preferences
     kept = counts.kept_train + counts.kept_validation + counts.kept_test
     new = kept - trained_on
@@ -89,23 +104,66 @@ def train_quality_model(snapshot_uri: str, clap_uri: str, out_url: str, run_id: 
     return train_quality(config).uri
 
 
-def train_preference_model(snapshot_uri: str, init_uri: str, out_url: str, run_id: str, device: str) -> str:
-    """``musicrl train preference`` from the stable policy (MusicRL: the RM starts from the generator)."""
+@dataclass(frozen=True, slots=True)
+class PreferenceOutcome:
+    """The preference model as it crosses the step boundary.
+
+    Attributes:
+        uri: The checkpoint.
+        usable: Whether the RL stages may go on: it learned something, or no selected stage optimises it.
+        reason: Why not, in a sentence (empty when usable).
+    """
+
+    uri: str
+    usable: bool
+    reason: str
+
+
+PREFERENCE_STAGES = ("U", "RU")  # the stages whose reward is the preference model
+
+
+def train_preference_model(
+    snapshot_uri: str, init_uri: str, out_url: str, run_id: str, device: str, stages: str
+) -> PreferenceOutcome:
+    """``musicrl train preference`` from the stable policy (MusicRL: the RM starts from the generator).
+
+    A model no epoch of which beat its untrained self on the validation split has learned nothing the
+    listeners' votes hold, and its untrained head scores every clip the same: RL on it would follow noise,
+    and its canary would spend listeners' time on a policy that did not change. The run stops instead,
+    unless no selected stage optimises it (R alone).
+    """
     from musicrl.rewards.preference_config import PreferenceTrainConfig
     from musicrl.rewards.train_preference import train_preference
 
     config = PreferenceTrainConfig(
         snapshot_url=snapshot_uri, init_uri=init_uri, out_url=out_url, device=device, training_run=run_id
     )
-    return train_preference(config).uri
+    return preference_outcome(train_preference(config), stages)
 
 
-def run_rl_stage(stage: str, params: RetrainingParams, models: StageModels, out_url: str) -> str:
+def preference_outcome(result: "PreferenceTrainResult", stages: str) -> PreferenceOutcome:
+    """Whether the RL stages of ``stages`` may optimise the trained model, and if not, why not."""
+    needed = set(PREFERENCE_STAGES) & set(selected_stages(stages))
+    if result.best_epoch > 0 or not needed:
+        return PreferenceOutcome(result.uri, True, "")
+    best = max((row["validation/accuracy"] for row in result.history), default=float("nan"))
+    reason = (
+        f"the preference model learned nothing: no epoch beat the untrained model on the "
+        f"{int(result.metrics['data/validation_pairs'])} validation pairs (best accuracy {best:.3f}, untrained "
+        f"{result.metrics['validation/accuracy_init']:.3f}), so stage(s) {', '.join(sorted(needed))} would "
+        "optimise noise; collect more preferences, or raise validation_fraction so epochs are ranked on more pairs"
+    )
+    return PreferenceOutcome(result.uri, False, reason)
+
+
+def run_rl_stage(stage: str, params: RetrainingParams, models: "StageModels", out_url: str) -> str:
     """Run one RL stage and return the checkpoint it hands on (its best, else its last).
 
     A stage the run did not select hands on its start checkpoint unchanged, so the next stage's wiring
     is the same whatever the selection.
     """
+    from musicrl.pipeline.stages import config_file, is_selected, stage_config
+
     if not is_selected(stage, params.stages):
         logger.info("stage %s is not among %s: skipped", stage, params.stages)
         return models.policy_uri
@@ -130,6 +188,7 @@ def run_rl_stage(stage: str, params: RetrainingParams, models: StageModels, out_
 
 def _run_as_trainjob(stage: str, config: "RLConfig", params: RetrainingParams) -> str:
     from musicrl.pipeline import trainjob
+    from musicrl.pipeline.stages import write_stage_config
 
     # the training pods read the config from the stage's folder, which must be on storage they mount
     path = write_stage_config(config, Path(config.out_url) / "stage-config.yaml")
@@ -256,13 +315,17 @@ def offline_gate(
     return GateOutcome(report.passed, " ".join(report.reasons), report_uri, report.to_markdown(), dict(report.metrics))
 
 
-def take_snapshot_for_run(dataset_url: str, artifacts_url: str, min_new_preferences: int) -> SnapshotOutcome:
+def take_snapshot_for_run(
+    dataset_url: str, artifacts_url: str, min_new_preferences: int, validation_fraction: float, test_fraction: float
+) -> SnapshotOutcome:
     """:func:`take_snapshot`, counting as new only the preferences since the last registered policy's snapshot."""
     from musicrl.pipeline.registry import PolicyRegistry
 
     latest = PolicyRegistry(registry_url(artifacts_url)).latest()
     trained_on = int(latest.metrics.get(SNAPSHOT_PREFERENCES, 0)) if latest is not None else 0
-    return take_snapshot(dataset_url, artifacts_url, min_new_preferences, trained_on)
+    return take_snapshot(
+        dataset_url, artifacts_url, min_new_preferences, trained_on, validation_fraction, test_fraction
+    )
 
 
 SNAPSHOT_PREFERENCES = "snapshot/preferences"  # the registry metric that says how much feedback a policy saw

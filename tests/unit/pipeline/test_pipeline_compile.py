@@ -96,3 +96,18 @@ def test_only_a_passed_gate_registers_and_starts_the_canary_and_a_failed_one_say
     assert registering == {"register-candidate", "start-canary"}
     assert stopping == {"stop-early"}
     assert "pipelinechannel--offline-gate-reason" in failed["inputs"]["parameters"]  # what stop-early logs
+
+
+def test_rl_runs_only_on_a_preference_model_that_learned_and_otherwise_the_run_stops_saying_why(fresh):
+    spec = next(yaml.safe_load_all(fresh.read_text()))
+    (usable, training), (useless, stopping) = (
+        _branch(spec, "preference-model-usable"),
+        _branch(spec, "preference-model-learned-nothing"),
+    )
+    condition = usable["triggerPolicy"]["condition"]
+    assert condition == "inputs.parameter_values['pipelinechannel--train-preference-usable'] == true"
+    assert useless["triggerPolicy"]["condition"] == f"!({condition})"
+    assert {"rl-stage", "rl-stage-2", "rl-stage-3", "offline-gate"} <= training
+    (stop,) = stopping
+    assert stop.startswith("stop-early")
+    assert "pipelinechannel--train-preference-reason" in useless["inputs"]["parameters"]
