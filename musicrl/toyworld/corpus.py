@@ -12,7 +12,7 @@ import numpy as np
 
 from musicrl.toyworld.captions import Caption, describe
 from musicrl.toyworld.degrade import Damage, Degradation, damage_words, degrade, draw_damage
-from musicrl.toyworld.world import CLIP_S, Attributes, Clip, draw_clip
+from musicrl.toyworld.world import CLIP_S, Attributes, Clip, clip_attributes, draw_clip
 
 
 SPLITS = ("train", "valid", "test")
@@ -53,8 +53,16 @@ def split_of(text: str) -> str:
 def clean_example(seed: int, index: int, duration_s: float = CLIP_S) -> Example:
     """Example ``index`` of the clean corpus of ``seed``: what the policy learns to play."""
     clip = draw_clip(_clip_seed(seed, index), duration_s)
-    caption = describe(clip.attributes, np.random.default_rng([seed, index, 0xCA9]))
-    return Example(index=index, clip=clip, caption=caption, audio=clip.audio)
+    return Example(index=index, clip=clip, caption=_describe(clip.attributes, seed, index), audio=clip.audio)
+
+
+def clean_caption(seed: int, index: int) -> Caption:
+    """The caption of :func:`clean_example` ``index``, without rendering its audio."""
+    return _describe(clip_attributes(_clip_seed(seed, index)), seed, index)
+
+
+def _describe(attributes: Attributes, seed: int, index: int) -> Caption:
+    return describe(attributes, np.random.default_rng([seed, index, 0xCA9]))
 
 
 def degraded_example(
@@ -77,13 +85,22 @@ def degraded_example(
 
 def examples(seed: int, count: int, split: str | None = None, start: int = 0) -> Iterator[Example]:
     """Clean examples ``start, start + 1, …`` of ``seed``, ``count`` of them, from ``split`` only if given."""
+    return (clean_example(seed, index) for index in _indices(seed, count, split, start))
+
+
+def captions(seed: int, count: int, split: str | None = None) -> Iterator[str]:
+    """The caption texts of :func:`examples` (the same order and splits), without rendering any audio."""
+    return (clean_caption(seed, index).text for index in _indices(seed, count, split, 0))
+
+
+def _indices(seed: int, count: int, split: str | None, start: int) -> Iterator[int]:
+    """Indices from ``start`` of the first ``count`` examples in ``split`` (any split when None)."""
     index, found = start, 0
     while found < count:
-        example = clean_example(seed, index)
-        index += 1
-        if split is None or example.split == split:
+        if split is None or split_of(clean_caption(seed, index).text) == split:
             found += 1
-            yield example
+            yield index
+        index += 1
 
 
 def _clip_seed(seed: int, index: int) -> int:

@@ -210,7 +210,16 @@ class Clip:
 
 def draw_clip(seed: int, duration_s: float = CLIP_S, attributes: Attributes | None = None) -> Clip:
     """The clip of ``seed``: attributes (unless given), then the piece, then the samples."""
-    rng = np.random.default_rng([seed, 0x70E])  # a stream of its own, apart from captions and degradations
+    rng = _clip_stream(seed)
     attributes = attributes or Attributes.draw(rng)
     piece = compose(attributes, rng, duration_s)
     return Clip(seed=seed, piece=piece, audio=render(piece, duration_s))
+
+
+def clip_attributes(seed: int) -> Attributes:
+    """The attributes :func:`draw_clip` draws for ``seed``, without composing or rendering the clip."""
+    return Attributes.draw(_clip_stream(seed))
+
+
+def _clip_stream(seed: int) -> np.random.Generator:
+    return np.random.default_rng([seed, 0x70E])  # a stream of its own, apart from captions and degradations

@@ -5,7 +5,7 @@ import pytest
 
 from musicrl.toyworld.captions import describe, read_prompt, vocabulary
 from musicrl.toyworld.codec_curriculum import FEATURES, PITCHES, frame_features
-from musicrl.toyworld.corpus import clean_example, degraded_example, split_of
+from musicrl.toyworld.corpus import captions, clean_caption, clean_example, degraded_example, examples, split_of
 from musicrl.toyworld.degrade import Damage, Degradation, degrade, mean_opinion_score
 from musicrl.toyworld.probes import measure, spectral_entropy, spectral_flux
 from musicrl.toyworld.tokenizer import roberta_word_tokenizer, t5_word_tokenizer
@@ -95,8 +95,15 @@ def test_degraded_captions_name_audible_defects_with_their_degree_after_the_musi
         assert ("very " in text) == (level >= 0.75)
 
 
+def test_a_caption_drawn_without_its_audio_is_the_examples_caption() -> None:
+    for index in range(12):
+        assert clean_caption(1, index) == clean_example(1, index).caption
+    assert list(captions(1, 8, split="test")) == [e.caption.text for e in examples(1, 8, split="test")]
+    assert [e.index for e in examples(1, 3, start=5)] == [5, 6, 7]
+
+
 def test_splits_go_by_caption_text_about_eighty_ten_ten() -> None:
-    texts = [clean_example(1, i).caption.text for i in range(1500)]
+    texts = list(captions(1, 1500))
     splits = [split_of(t) for t in texts]
 
     assert all(split_of(t) == s for t, s in zip(texts, splits, strict=True))
