@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from musicrl.errors import InvalidRequest
+from musicrl.pipeline.params import RetrainingParams
 
 
 PORTS = (
@@ -39,6 +40,8 @@ class DemoConfig:
         rl_config_dir: Folder of the RL stage configs.
         rl_config_prefix: The U stage's config is ``<rl_config_dir>/<prefix>-u.yaml``.
         rl_steps: RL steps of the U stage.
+        validation_fraction: Share of prompts whose preferences choose the preference model's epoch.
+        test_fraction: Share of prompts its reported accuracy is measured on.
         gate_prompts: Held-out prompts of the offline gate (the first of the measured ones).
         gate_clips_per_prompt: Clips per prompt and policy in the offline gate.
         gate_min_reward_diff: Lowest accepted lower bound of (candidate − stable) per gate reward.
@@ -68,6 +71,8 @@ class DemoConfig:
     rl_config_dir: str = "configs/rl"
     rl_config_prefix: str = "demo"
     rl_steps: int = 30  # at the config's lr: +0.36 octave of brightness in round 1 of the default run
+    validation_fraction: float = 0.1  # the pipeline's; a short demo (a hundred comparisons) wants more
+    test_fraction: float = 0.1
     gate_prompts: int = 12
     gate_clips_per_prompt: int = 2
     # Brightness ignores the prompt, so finetuning toward it costs text adherence on prompts that ask for a
@@ -113,6 +118,8 @@ class DemoConfig:
                 f"{expected_ratings:.0f} ratings; the quality head needs about {MIN_EXPECTED_RATINGS} (20 after the "
                 "snapshot's split): raise rating_share or comparisons"
             )
+        # the pipeline's own rule, here so a bad split fails before the listeners spend a round on it
+        RetrainingParams(validation_fraction=self.validation_fraction, test_fraction=self.test_fraction).check()
         if self.concurrency < 1:
             raise InvalidRequest(f"concurrency must be at least 1, got {self.concurrency}")
         if not 0 < self.clip_duration_s <= 30:

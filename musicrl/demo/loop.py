@@ -31,8 +31,7 @@ from musicrl.rollout import levers
 from musicrl.rollout.record import RolloutRecord, Status
 from musicrl.sim.listener import ListenerConfig
 from musicrl.sim.tastes import taste_by_name
-from musicrl.toyworld.corpus import examples
-from musicrl.toyworld.evaluate import held_out_prompts
+from musicrl.toyworld.corpus import captions
 from musicrl.v1 import events_pb2
 
 
@@ -96,7 +95,7 @@ class DemoRun:
 
 def listener_prompts(config: DemoConfig, count: int) -> list[str]:
     """Captions the listeners ask for: the toy world's training split (what RL trains on)."""
-    return [e.caption.text for e in examples(config.seed, count, split="train")]
+    return list(captions(config.seed, count, split="train"))
 
 
 def platform_config(config: DemoConfig, state_dir: Path) -> LocalPlatformConfig:
@@ -147,9 +146,8 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] = logger.info) 
     taste = taste_by_name(config.taste)
     listener = ListenerConfig(temperature=config.listener_temperature, inattentive_share=config.inattentive_share)
     prompts = listener_prompts(config, max(config.comparisons, config.canary_comparisons))
-    measured_on = [
-        e.caption.text for e in held_out_prompts(config.seed, max(config.measure_prompts, config.gate_prompts))
-    ]
+    # the toy world's test split: captions no training run saw
+    measured_on = list(captions(config.seed, max(config.measure_prompts, config.gate_prompts), split="test"))
     gated_on, measured_on = measured_on[: config.gate_prompts], measured_on[: config.measure_prompts]
     run = DemoRun(config=config, out_dir=out)
     progress(f"starting the platform under {state} (logs in {state / 'logs'})")

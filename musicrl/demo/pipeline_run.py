@@ -32,6 +32,8 @@ def pipeline_params(
         "rl_config_prefix": config.rl_config_prefix,
         "rl_steps": config.rl_steps,
         "min_new_preferences": max(1, config.comparisons // 2),  # inattentive votes and ties do not count
+        "validation_fraction": config.validation_fraction,
+        "test_fraction": config.test_fraction,
         "gate_prompts_file": str(prompts_file),
         "gate_clips_per_prompt": config.gate_clips_per_prompt,
         "gate_clip_duration_s": config.clip_duration_s,

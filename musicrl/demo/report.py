@@ -82,6 +82,11 @@ def round_lines(result: RoundResult, alpha: float) -> list[str]:
         f"  preference model test accuracy: {metrics.get('test/accuracy', math.nan):.3f} on {tested} held-out "
         f"pairs (trained on {trained})"
     )
+    if metrics and not metrics.get("best_epoch", 1.0):
+        lines.append(
+            f"  no epoch beat the untrained preference model on {int(metrics.get('data/validation_pairs', 0))} "
+            "validation pairs: the pipeline stopped before RL"
+        )
     rows = _rl_rows(result.run_dir)
     if rows:
         first, last = rows[0], rows[-1]

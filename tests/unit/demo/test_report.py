@@ -27,6 +27,7 @@ from musicrl.rollout.sequential import log_e_promote
         ({"comparisons": 40, "rating_share": 0.1}, "raise rating_share or comparisons"),
         ({"clip_duration_s": 0}, "clip_duration_s must be in"),
         ({"first_port": 80}, "first_port must be between"),
+        ({"validation_fraction": 0.6, "test_fraction": 0.5}, "sum to less than 1"),
     ],
 )
 def test_a_demo_that_could_not_run_or_learn_is_refused_with_a_sentence(overrides, message):
@@ -121,6 +122,22 @@ def test_the_report_says_what_each_round_measured_and_inlines_its_plots(tmp_path
     figures = summary(run)["rounds"][0]
     assert figures["rollout_status"] == "promoted" and figures["canary_win_rate"] == pytest.approx(30 / 38)
     assert "&lt;script&gt;" in html_report("<script>", [])  # text is escaped, never markup
+
+
+def test_a_round_whose_preference_model_learned_nothing_says_the_pipeline_stopped_before_rl(tmp_path):
+    run = DemoRun(config=DemoConfig(out_dir=str(tmp_path)), out_dir=tmp_path, scale=0.9)
+    folder = tmp_path / "artifacts" / "runs" / "musicrl-retraining-1" / "preference"
+    folder.mkdir(parents=True)
+    metrics = {"test/accuracy": 0.5, "best_epoch": 0.0, "data/validation_pairs": 8, "data/test_pairs": 15}
+    (folder / "musicrl.json").write_text(json.dumps({"metrics": metrics}))
+    unchanged = _measurement("v0", 0.0)
+    run.rounds.append(
+        RoundResult(round=1, stable_before=unchanged, stable_after=unchanged, run_dir=folder.parent, comparisons=120)
+    )
+    text = text_report(run)
+    assert "no epoch beat the untrained preference model on 8 validation pairs: the pipeline stopped before RL" in text
+    assert "RL (U)" not in text and "canary: none (the run stopped before one)" in text
+    assert "(v0) → " in text and "change +0.0000" in text
 
 
 def test_a_new_demo_clears_what_the_last_one_wrote_and_nothing_else(tmp_path):
