@@ -17,6 +17,8 @@ BASE_IMAGE = RetrainingParams().image  # overridden per task by the `image` pipe
 
 @dsl.component(base_image=BASE_IMAGE)
 def check_parameters(
+    stable_uri: str,
+    nats_url: str,
     stages: str,
     rl_workers: int,
     rl_steps: int,
@@ -32,13 +34,15 @@ def check_parameters(
     gate_min_win_rate: float,
     canary_share: float,
     rollout_wait_s: float,
-):
-    """Refuse malformed parameters before any GPU pod is scheduled."""
+) -> str:
+    """Refuse malformed parameters before any GPU pod is scheduled; returns the stable policy the run starts from."""
     from musicrl.pipeline import steps
     from musicrl.pipeline.params import RetrainingParams
 
-    steps.check_parameters(
+    return steps.check_parameters(
         RetrainingParams(
+            stable_uri=stable_uri,
+            nats_url=nats_url,
             stages=stages,
             rl_workers=rl_workers,
             rl_steps=rl_steps,

@@ -26,6 +26,9 @@ from pipelines import components as c
 D = RetrainingParams()
 COMPILED = Path(__file__).with_name("retraining.yaml")
 RUN_ID = dsl.PIPELINE_JOB_NAME_PLACEHOLDER  # the run's name: folders of this run's artefacts
+# every step's pod carries these: the chart's NetworkPolicies (values: pipeline.podLabels) admit them to NATS,
+# the generator and the reward models, which the gate and the canary step reach
+POD_LABELS = {"musicrl.io/role": "pipeline"}
 DEFAULT_IN_HEADER = re.compile(r"^(?P<head>#    \w+: \w+ )\[Default: (?P<value>.*)\]$")
 
 
@@ -41,7 +44,8 @@ def _on_gpu(task: dsl.PipelineTask, gpu_type, gpu_count, cpu, memory, node_selec
 
 
 class _Steps:
-    """Adds a step in the platform's image, with the object-store credentials from the chart's Secret."""
+    """Adds a step in the platform's image, with the object-store credentials from the chart's Secret and the
+    pod labels the chart's NetworkPolicies admit."""
 
     def __init__(self, image) -> None:  # a pipeline parameter
         self.image = image
@@ -50,6 +54,8 @@ class _Steps:
         task = component(**inputs).set_container_image(self.image)
         # the same credentials a TrainJob's pods get; optional: a local store needs none
         kubernetes.use_secret_as_env(task, STORAGE_SECRET, {k: k for k in SECRET_KEYS}, optional=True)
+        for key, value in POD_LABELS.items():
+            kubernetes.add_pod_label(task, key, value)
         return task
 
 
@@ -143,6 +149,8 @@ def retraining_pipeline(
     with dsl.ExitHandler(step(c.report_outcome, nats_url=nats_url), name="retraining"):
         checked = step(
             c.check_parameters,
+            stable_uri=stable_uri,
+            nats_url=nats_url,
             stages=stages,
             rl_workers=rl_workers,
             rl_steps=rl_steps,
@@ -159,6 +167,7 @@ def retraining_pipeline(
             canary_share=canary_share,
             rollout_wait_s=rollout_wait_s,
         )
+        stable = checked.output  # stable_uri, or for "serving" the policy the routing table names now
         snapshot = step(
             c.take_snapshot,
             dataset_url=dataset_url,
@@ -169,7 +178,7 @@ def retraining_pipeline(
         ).after(checked)
         with dsl.If(snapshot.outputs["enough"] == True, name="enough-new-preferences"):  # noqa: E712
             common = {"artifacts_url": artifacts_url, "run_id": RUN_ID, "device": device}
-            models, preference = _reward_models(step, gpu, snapshot, clap_uri, stable_uri, stages, common)
+            models, preference = _reward_models(step, gpu, snapshot, clap_uri, stable, stages, common)
             with dsl.If(preference.outputs["usable"] == True, name="preference-model-usable"):  # noqa: E712
                 stage_inputs = {
                     "stages": stages,
@@ -182,11 +191,11 @@ def retraining_pipeline(
                     **models,
                     **common,
                 }
-                candidate = _rl_stages(step, gpu, stable_uri, stage_inputs)
+                candidate = _rl_stages(step, gpu, stable, stage_inputs)
                 gate = step(
                     c.offline_gate,
                     candidate_uri=candidate.output,
-                    stable_uri=stable_uri,
+                    stable_uri=stable,
                     clap_uri=clap_uri,
                     prompts_file=gate_prompts_file,
                     clips_per_prompt=gate_clips_per_prompt,
@@ -199,7 +208,7 @@ def retraining_pipeline(
                 )
                 _on_gpu(gate, *gpu)
                 rollout = {"nats_url": nats_url, "canary_share": canary_share, "rollout_wait_s": rollout_wait_s}
-                _register_or_stop(step, gate, candidate, snapshot, stable_uri, artifacts_url, rollout)
+                _register_or_stop(step, gate, candidate, snapshot, stable, artifacts_url, rollout)
             with dsl.Else(name="preference-model-learned-nothing"):
                 step(c.stop_early, reason=preference.outputs["reason"])
         with dsl.Else(name="too-few-preferences"):

@@ -10,14 +10,13 @@ from pathlib import Path
 
 from musicrl.demo.config import DemoConfig
 from musicrl.errors import MusicRLError
+from musicrl.pipeline.params import SERVING
 
 
 logger = logging.getLogger(__name__)
 
 
-def pipeline_params(
-    config: DemoConfig, out: Path, round_number: int, stable_uri: str, nats_url: str, gate_prompts: list[str]
-) -> dict:
+def pipeline_params(config: DemoConfig, out: Path, round_number: int, nats_url: str, gate_prompts: list[str]) -> dict:
     """The pipeline's parameters for one round (only what differs from the defaults a cluster run uses)."""
     prompts_file = out / f"round-{round_number}" / "gate-prompts.txt"
     prompts_file.parent.mkdir(parents=True, exist_ok=True)
@@ -25,7 +24,7 @@ def pipeline_params(
     return {
         "dataset_url": str(out / "state" / "dataset"),
         "artifacts_url": str(out / "artifacts"),
-        "stable_uri": stable_uri,
+        "stable_uri": SERVING,  # as a schedule runs it: from what the last round's promotion left serving
         "clap_uri": config.clap_uri,
         "stages": "U",  # the hidden taste reaches the policy through the preference model only
         "rl_config_dir": str(Path(config.rl_config_dir).resolve()),
@@ -50,7 +49,11 @@ def pipeline_params(
 def run_retraining(
     config: DemoConfig, out: Path, round_number: int, stable_uri: str, nats_url: str, gate_prompts: list[str]
 ) -> Path | None:
-    """Run the pipeline once; returns the run's artefact folder (None when it stopped before training)."""
+    """Run the pipeline once; returns the run's artefact folder (None when it stopped before training).
+
+    The run reads the stable policy from the routing table itself; ``stable_uri``, the one the demo measured, is
+    only logged.
+    """
     from kfp import local
 
     from pipelines.retraining import retraining_pipeline
@@ -58,7 +61,7 @@ def run_retraining(
     runs = out / "artifacts" / "runs"
     before = set(runs.iterdir()) if runs.exists() else set()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp-root"))
-    params = pipeline_params(config, out, round_number, stable_uri, nats_url, gate_prompts)
+    params = pipeline_params(config, out, round_number, nats_url, gate_prompts)
     logger.info("round %d: the retraining pipeline starts from %s", round_number, stable_uri)
     try:
         retraining_pipeline(**params)

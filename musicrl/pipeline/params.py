@@ -15,6 +15,7 @@ from typing import Any
 from musicrl.errors import InvalidRequest
 
 
+SERVING = "serving"  # stable_uri: the stable policy the routing table names when the run starts
 STAGE_ORDER = ("R", "U", "RU")  # MusicRL §4: RU is U applied after R, with R as the KL reference
 TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 TOLERATION_OPERATORS = {"Equal", "Exists"}
@@ -30,7 +31,9 @@ class RetrainingParams:
         image: The platform's container image every step runs in.
         dataset_url: The recorded events (the recorder's dataset URL).
         artifacts_url: Root under which snapshots, reward models, RL runs, gate reports and the registry go.
-        stable_uri: The policy serving now: the RL start point and the gate's baseline.
+        stable_uri: The policy serving now: the RL start point and the gate's baseline. ``serving`` reads it
+            from the routing table over ``nats_url`` when the run starts, so that a scheduled run finetunes
+            what the last promotion left (a checkpoint URI pins every run to that checkpoint).
         clap_uri: The CLAP behind text adherence and the quality head.
         stages: Comma-separated RL stages to run, from R, U, RU (RU needs R).
         rl_config_dir: Folder of the stage configs ``<prefix>-r.yaml``, ``-u.yaml``, ``-ru.yaml``.
@@ -63,7 +66,7 @@ class RetrainingParams:
     image: str = "ghcr.io/musicrl/musicrl-pipeline:0.1.0"  # the Dockerfile's `pipeline` target
     dataset_url: str = "s3://musicrl/dataset"
     artifacts_url: str = "s3://musicrl/artifacts"
-    stable_uri: str = "hf://facebook/musicgen-small"
+    stable_uri: str = "hf://facebook/musicgen-small"  # valid without a bus; schedules use SERVING (k8s/base)
     clap_uri: str = "hf://laion/larger_clap_music"
     stages: str = "R,U,RU"  # the paper's best model is RU
     rl_config_dir: str = "/app/configs/rl"  # where the image keeps configs/rl
@@ -102,6 +105,11 @@ class RetrainingParams:
                 out-of-range number.
         """
         selected_stages(self.stages)
+        if self.stable_uri == SERVING and not self.nats_url:
+            raise InvalidRequest(
+                f"stable_uri {SERVING!r} reads the policy serving now from the routing table over nats_url: set "
+                "nats_url, or name the stable checkpoint in stable_uri"
+            )
         if self.gate_clips_per_prompt < 1 or not 0 < self.gate_clip_duration_s <= 120:
             raise InvalidRequest("gate_clips_per_prompt must be >= 1 and gate_clip_duration_s in (0, 120]")
         if self.gpu_count < 0 or self.rl_workers < 1 or self.rl_steps < 0 or self.min_new_preferences < 0:

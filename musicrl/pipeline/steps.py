@@ -16,7 +16,7 @@ import fsspec
 
 from musicrl.data.dataset import join_url
 from musicrl.errors import InvalidRequest
-from musicrl.pipeline.params import RetrainingParams, selected_stages
+from musicrl.pipeline.params import SERVING, RetrainingParams, selected_stages
 
 
 if TYPE_CHECKING:  # the stages import torch; the light steps (snapshot, register, canary) need not start it
@@ -47,10 +47,33 @@ class SnapshotOutcome:
     reason: str
 
 
-def check_parameters(params: RetrainingParams) -> None:
-    """The first step: refuse malformed parameters before any GPU pod is scheduled."""
+def check_parameters(params: RetrainingParams) -> str:
+    """The first step: refuse malformed parameters before any GPU pod is scheduled; returns the stable policy
+    the run starts from (``stable_uri``, or the one serving now when it is ``serving``)."""
     params.check()
-    logger.info("pipeline parameters are valid: stages %s, %d RL worker(s)", params.stages, params.rl_workers)
+    stable = resolve_stable(params.stable_uri, params.nats_url)
+    logger.info(
+        "pipeline parameters are valid: stages %s, %d RL worker(s), from %s", params.stages, params.rl_workers, stable
+    )
+    return stable
+
+
+def resolve_stable(stable_uri: str, nats_url: str) -> str:
+    """``stable_uri`` itself, or for ``serving`` the checkpoint the routing table names now.
+
+    Raises:
+        NotFound: ``serving``, and the bus holds no routing table (no gateway has started on it).
+    """
+    if stable_uri != SERVING:
+        return stable_uri
+    import asyncio
+
+    from musicrl.config import BusConfig
+    from musicrl.rollout import levers
+
+    serving = asyncio.run(levers.serving_policy(BusConfig(nats_url=nats_url), name="retraining-pipeline"))
+    logger.info("the platform serves %s (%s): the run starts from it", serving.version, serving.model_uri)
+    return serving.model_uri
 
 
 def take_snapshot(

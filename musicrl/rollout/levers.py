@@ -24,6 +24,7 @@ from musicrl.models.resolver import resolve_local_dir
 from musicrl.models.uri import ModelURI, Scheme
 from musicrl.rollout.decision import Action, Decision, DecisionRule, decide
 from musicrl.rollout.record import RolloutRecord, RolloutStore, Status, Verdict
+from musicrl.rollout.routing import PolicyEndpoint, RoutingStore
 from musicrl.rollout.tally import Tally
 from musicrl.v1 import events_pb2
 
@@ -47,6 +48,20 @@ async def open_bus(config: BusConfig, name: str = "rollout-cli") -> AsyncIterato
         await ensure_streams(js, config)
         buckets = await ensure_buckets(js, config)
         yield Bus(buckets["rollout"], RolloutStore(buckets["rollout"]), EventPublisher(js, config))
+    finally:
+        await client.drain()
+
+
+async def serving_policy(config: BusConfig, name: str = "rollout-cli") -> PolicyEndpoint:
+    """The stable policy the platform serves now: the routing table's, which the controller moves on a promotion.
+
+    Raises:
+        NotFound: The bus holds no routing table yet (no gateway has started on it).
+    """
+    client, js = await connect(config, name=name)
+    try:
+        buckets = await ensure_buckets(js, config)
+        return (await RoutingStore(buckets["routing"]).get()).stable
     finally:
         await client.drain()
 

@@ -403,8 +403,11 @@ def test_retraining_params_are_pipeline_parameters(kustomization: str) -> None:
 
 def test_overlays_size_the_retraining_for_their_cluster() -> None:
     dev, prod = schedule_params("overlays/dev"), schedule_params("overlays/prod")
-    assert dev["gpu_count"] == 0 and dev["device"] == "cpu" and dev["stable_uri"].startswith("tiny://")
+    assert dev["gpu_count"] == 0 and dev["device"] == "cpu"
     assert prod["rl_workers"] > 1 and prod["gpu_count"] >= 1 and prod["device"] == "cuda"
+    # every scheduled run finetunes what serves when it starts, and hands its candidate to the controller
+    for params in (dev, prod, schedule_params("base")):
+        assert params["stable_uri"] == "serving" and params["nats_url"].startswith("nats://")
 
 
 # --- one source for the GPU pool and the images ----------------------------------------------------------------

@@ -103,7 +103,7 @@ def test_only_the_gateway_takes_ingress_from_outside(case: str) -> None:
 
 
 @pytest.mark.parametrize("case", MATRIX)
-def test_only_the_services_reach_nats(case: str) -> None:
+def test_only_the_services_and_the_pipeline_reach_nats(case: str) -> None:
     rendered = render_case(case)
     if not rendered.of_kind("StatefulSet"):
         pytest.skip("external NATS: its own release's policies apply")
@@ -112,7 +112,10 @@ def test_only_the_services_reach_nats(case: str) -> None:
         assert admitted(rendered, nats, component(name), 4222), name
     for name in ("generator", "rewards", "test"):
         assert not admitted(rendered, nats, component(name), 4222), name
-    assert not admitted(rendered, nats, PIPELINE, 4222)
+    # the pipeline's canary step hands the candidate over, and its exit handler publishes a failed run
+    assert admitted(rendered, nats, PIPELINE, 4222, _pipeline_namespace(case))
+    assert not admitted(rendered, nats, PIPELINE, 4222, OUTSIDE[1])
+    assert not admitted(rendered, nats, {"app": "other"}, 4222)
     assert admitted(rendered, nats, nats, 6222)  # cluster routes between the servers
     assert not admitted(rendered, nats, component("gateway"), 6222)
 

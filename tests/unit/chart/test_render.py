@@ -271,6 +271,9 @@ def test_notes_say_how_to_reach_the_page_and_mint_a_key() -> None:
     assert not render_case("ingress-off").of_kind("Ingress")
     assert "https://music.example.com/" in production
     assert "musicrl apikey new --id" in minimal
+    # the pipeline parameters that hand a run's candidate to this release's controller
+    assert f"nats_url=nats://demo-musicrl-nats.{NAMESPACE}.svc.cluster.local:4222 stable_uri=serving" in minimal
+    assert "nats_url=<your NATS URL>" in render_case("external-nats").notes
 
 
 def test_observability_is_off_by_default_and_the_dashboard_is_for_the_sidecar() -> None:

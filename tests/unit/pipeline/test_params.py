@@ -38,6 +38,7 @@ def test_stage_lists_that_cannot_run_are_refused(stages, message):
         ("gate_min_win_rate", 1.5, "gate_min_win_rate"),
         ("validation_fraction", 0.0, "validation_fraction and test_fraction must be above 0"),
         ("test_fraction", 0.95, "sum to less than 1"),
+        ("stable_uri", "serving", "set nats_url, or name the stable checkpoint"),
     ],
 )
 def test_malformed_gpu_placement_and_numbers_are_refused(field, value, message):

@@ -111,3 +111,12 @@ def test_rl_runs_only_on_a_preference_model_that_learned_and_otherwise_the_run_s
     (stop,) = stopping
     assert stop.startswith("stop-early")
     assert "pipelinechannel--train-preference-reason" in useless["inputs"]["parameters"]
+
+
+def test_every_step_carries_the_pod_labels_the_charts_network_policies_admit(fresh):
+    values = yaml.safe_load((Path(__file__).resolve().parents[3] / "charts/musicrl/values.yaml").read_text())
+    platform = list(yaml.safe_load_all(fresh.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]
+    executors = platform["executors"]
+    assert len(executors) >= 12  # every component of the pipeline
+    for name, spec in executors.items():
+        assert spec["podMetadata"]["labels"] == values["pipeline"]["podLabels"], name

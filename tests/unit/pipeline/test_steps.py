@@ -32,3 +32,30 @@ def test_a_model_that_beat_its_untrained_self_goes_on_to_rl():
 
 def test_a_run_of_r_alone_does_not_wait_on_a_preference_model_it_never_optimises():
     assert preference_outcome(_trained(0, [0.4]), "R").usable
+
+
+def test_serving_reads_the_stable_policy_the_routing_table_names_when_the_run_starts(tmp_path):
+    import asyncio
+
+    from musicrl.bus.connection import connect, ensure_buckets
+    from musicrl.bus.local_server import LocalNatsServer
+    from musicrl.config import BusConfig
+    from musicrl.errors import NotFound
+    from musicrl.pipeline.steps import resolve_stable
+    from musicrl.rollout.routing import PolicyEndpoint, RoutingStore, RoutingTable
+
+    async def publish(url: str, table: RoutingTable) -> None:
+        client, js = await connect(BusConfig(nats_url=url), name="test")
+        try:
+            await RoutingStore((await ensure_buckets(js, BusConfig(nats_url=url)))["routing"]).put(table)
+        finally:
+            await client.drain()
+
+    with LocalNatsServer(tmp_path / "nats") as server:
+        with pytest.raises(NotFound, match="no routing table yet"):
+            resolve_stable("serving", server.url)  # no gateway has started on this bus
+        promoted = PolicyEndpoint("10.0.0.7:8080", "generator", "s3://musicrl/artifacts/runs/r7/rl-ru/step-200", "v7")
+        canary = PolicyEndpoint("10.0.0.8:8080", "generator", "s3://musicrl/artifacts/runs/r8/rl-ru/step-200", "v8")
+        asyncio.run(publish(server.url, RoutingTable(promoted, canary, 0.5)))
+        assert resolve_stable("serving", server.url) == promoted.model_uri  # the stable one, not the canary
+        assert resolve_stable("hf://facebook/musicgen-small", server.url) == "hf://facebook/musicgen-small"
