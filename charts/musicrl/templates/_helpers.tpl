@@ -195,6 +195,9 @@ imagePullSecrets:
 {{- if and $v.gateway.autoscaling.enabled (gt (int $v.gateway.autoscaling.minReplicas) (int $v.gateway.autoscaling.maxReplicas)) -}}
 {{- fail "gateway.autoscaling.minReplicas exceeds maxReplicas: raise maxReplicas" -}}
 {{- end -}}
+{{- if lt (int $v.rollout.decision.maxVotes) (int $v.rollout.decision.minVotes) -}}
+{{- fail (printf "rollout.decision.maxVotes (%d) is below minVotes (%d): every canary would be rolled back before it could be promoted; raise maxVotes" (int $v.rollout.decision.maxVotes) (int $v.rollout.decision.minVotes)) -}}
+{{- end -}}
 {{- if $v.rewards.enabled -}}
 {{- range $name, $model := $v.rewards.models -}}
 {{- if and $model.enabled (not $model.storageUri) -}}

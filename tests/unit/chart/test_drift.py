@@ -19,7 +19,7 @@ from musicrl.gateway.config import GatewayConfig
 from musicrl.recorder.config import RecorderConfig
 from musicrl.rollout.config import ControllerConfig
 from musicrl.settings import config_from
-from tests.unit.chart.rendering import MATRIX, REPO_ROOT, Rendered, pod_spec, render_case
+from tests.unit.chart.rendering import MATRIX, REPO_ROOT, Rendered, pod_spec, render, render_case, with_values
 from tests.utils import kserve_models
 
 
@@ -148,6 +148,28 @@ def test_recorder_and_rollout_controller(case: str) -> None:
     target = controller.kserve_target()  # the checks the controller runs at start-up
     generator = rendered.one("InferenceService", target.isvc_name)
     assert generator["metadata"]["annotations"]["serving.kserve.io/deploymentMode"].lower() == target.mode
+
+
+def test_the_charts_rollout_defaults_are_the_controllers_and_each_value_reaches_it() -> None:
+    (container,) = pod_spec(render_case("minimal").workload("rollout"))["containers"]
+    controller = config_from(ControllerConfig, environ=container_env(render_case("minimal"), container))
+    defaults = ControllerConfig(bus=controller.bus)
+    assert controller.rule == defaults.rule and controller.guardrails == defaults.guardrails
+    judged = ("max_votes_per_listener", "min_listened_share", "check_interval_s", "warmup_s")
+    assert {n: getattr(controller, n) for n in judged} == {n: getattr(defaults, n) for n in judged}
+    values = with_values(
+        "minimal",
+        rollout__decision__alpha=0.01,
+        rollout__decision__minVotes=200,
+        rollout__guardrails__maxLatencyRatio=2,
+    )
+    (container,) = pod_spec((tuned := render(values)).workload("rollout"))["containers"]
+    controller = config_from(ControllerConfig, environ=container_env(tuned, container))
+    assert (controller.rule.alpha, controller.rule.min_votes, controller.guardrails.max_latency_ratio) == (
+        0.01,
+        200,
+        2.0,
+    )
 
 
 @pytest.mark.parametrize("case", MATRIX)

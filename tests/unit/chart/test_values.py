@@ -128,6 +128,10 @@ FAILS = {
         },
         "generator.canary.replicas (2) exceeds generator.minReplicas (1)",
     ),
+    "a rollout that stops counting before it may promote": (
+        {"rollout__decision__minVotes": 300, "rollout__decision__maxVotes": 200},
+        "rollout.decision.maxVotes (200) is below minVotes (300): every canary would be rolled back",
+    ),
     "a reward without its checkpoint": (
         {"rewards__models__quality__enabled": True},
         "rewards.models.quality.enabled is true but its storageUri is empty",
