@@ -81,6 +81,14 @@ def _rl_stages(step: _Steps, gpu, stable_uri, inputs: dict) -> dsl.PipelineTask:
     return step(c.pick_candidate, stages=inputs["stages"], r_uri=r.output, u_uri=u.output, ru_uri=ru.output)
 
 
+def _offline_gate(step: _Steps, gpu, candidate, stable_uri, clap_uri, inputs: dict) -> dsl.PipelineTask:
+    """The candidate against the stable policy on held-out prompts, on the GPU pool (``inputs``: the gate's
+    settings, this run's reward models and the common step inputs)."""
+    gate = step(c.offline_gate, candidate_uri=candidate.output, stable_uri=stable_uri, clap_uri=clap_uri, **inputs)
+    _on_gpu(gate, *gpu)
+    return gate
+
+
 def _register_or_stop(step: _Steps, gate, candidate, snapshot, stable_uri, artifacts_url, rollout: dict) -> None:
     """Register the candidate and start it as the canary when the gate passed; else stop with its reason.
 
@@ -192,21 +200,15 @@ def retraining_pipeline(
                     **common,
                 }
                 candidate = _rl_stages(step, gpu, stable, stage_inputs)
-                gate = step(
-                    c.offline_gate,
-                    candidate_uri=candidate.output,
-                    stable_uri=stable,
-                    clap_uri=clap_uri,
-                    prompts_file=gate_prompts_file,
-                    clips_per_prompt=gate_clips_per_prompt,
-                    clip_duration_s=gate_clip_duration_s,
-                    min_reward_diff=gate_min_reward_diff,
-                    max_kl=gate_max_kl,
-                    min_win_rate=gate_min_win_rate,
-                    **models,
-                    **common,
-                )
-                _on_gpu(gate, *gpu)
+                gate_settings = {
+                    "prompts_file": gate_prompts_file,
+                    "clips_per_prompt": gate_clips_per_prompt,
+                    "clip_duration_s": gate_clip_duration_s,
+                    "min_reward_diff": gate_min_reward_diff,
+                    "max_kl": gate_max_kl,
+                    "min_win_rate": gate_min_win_rate,
+                }
+                gate = _offline_gate(step, gpu, candidate, stable, clap_uri, {**gate_settings, **models, **common})
                 rollout = {"nats_url": nats_url, "canary_share": canary_share, "rollout_wait_s": rollout_wait_s}
                 _register_or_stop(step, gate, candidate, snapshot, stable, artifacts_url, rollout)
             with dsl.Else(name="preference-model-learned-nothing"):
