@@ -15,6 +15,7 @@ PORTS = (
     "rollout_metrics_port",
 )
 UNCOUNTED_MARGIN = 0.9  # ties, and votes the controller does not count (per-listener cap), are a few percent
+PIPELINE = RetrainingParams()  # the pipeline's defaults, which the demo's own start from
 MIN_EXPECTED_RATINGS = 40  # the quality head's min_ratings is 20 training ratings; the snapshot holds out ~20%
 
 
@@ -71,8 +72,8 @@ class DemoConfig:
     rl_config_dir: str = "configs/rl"
     rl_config_prefix: str = "demo"
     rl_steps: int = 30  # at the config's lr: +0.36 octave of brightness in round 1 of the default run
-    validation_fraction: float = 0.1  # the pipeline's; a short demo (a hundred comparisons) wants more
-    test_fraction: float = 0.1
+    validation_fraction: float = PIPELINE.validation_fraction  # a short demo (a hundred comparisons) wants more
+    test_fraction: float = PIPELINE.test_fraction
     gate_prompts: int = 12
     gate_clips_per_prompt: int = 2
     # Brightness ignores the prompt, so finetuning toward it costs text adherence on prompts that ask for a
