@@ -10,13 +10,10 @@ rollout controller. Every default comes from :class:`musicrl.pipeline.params.Ret
 ``python -m pipelines.retraining`` writes the compiled ``pipelines/retraining.yaml`` that is committed.
 """
 
-import ast
-import json
-import re
 import sys
 from pathlib import Path
 
-from kfp import compiler, dsl, kubernetes
+from kfp import dsl, kubernetes
 
 from musicrl.pipeline.params import RetrainingParams
 from musicrl.pipeline.trainjob import SECRET_KEYS, STORAGE_SECRET
@@ -29,7 +26,6 @@ RUN_ID = dsl.PIPELINE_JOB_NAME_PLACEHOLDER  # the run's name: folders of this ru
 # every step's pod carries these: the chart's NetworkPolicies (values: pipeline.podLabels) admit them to NATS,
 # the generator and the reward models, which the gate and the canary step reach
 POD_LABELS = {"musicrl.io/role": "pipeline"}
-DEFAULT_IN_HEADER = re.compile(r"^(?P<head>#    \w+: \w+ )\[Default: (?P<value>.*)\]$")
 
 
 def _on_gpu(task: dsl.PipelineTask, gpu_type, gpu_count, cpu, memory, node_selector, tolerations) -> None:
@@ -219,21 +215,9 @@ def retraining_pipeline(
 
 def compile_pipeline(path: Path = COMPILED) -> Path:
     """Compile the pipeline to ``path`` (the committed YAML by default), byte for byte the same every time."""
-    compiler.Compiler().compile(retraining_pipeline, str(path))
-    path.write_text(_sorted_header_defaults(path.read_text()))
-    return path
+    from musicrl.pipeline.kfp_client import compile_pipeline as compile_package
 
-
-def _sorted_header_defaults(text: str) -> str:
-    """Sort the keys of dict defaults in kfp's comment header, whose order kfp takes from a protobuf Struct
-    and which therefore changes between processes; the spec itself is already in a stable order."""
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        match = DEFAULT_IN_HEADER.match(line)
-        if match and match["value"][:1] in "[{":
-            value = json.dumps(ast.literal_eval(match["value"]), sort_keys=True)
-            lines[i] = f"{match['head']}[Default: {value}]"
-    return "\n".join(lines)
+    return Path(compile_package(retraining_pipeline, str(path)))
 
 
 if __name__ == "__main__":

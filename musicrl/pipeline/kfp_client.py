@@ -9,12 +9,14 @@ Errors from the API come back as the platform's: an unreachable host is :class:`
 :class:`InvalidRequest` (2), and so on, never a traceback.
 """
 
+import ast
 import contextlib
 import datetime
 import hashlib
 import importlib
 import json
 import logging
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -163,7 +165,8 @@ def load_pipeline(reference: str) -> Callable[..., Any]:
 
 
 def compile_pipeline(pipeline: str | Callable[..., Any], package_path: str) -> str:
-    """Compile ``pipeline`` (a function, or ``module:function``) to the YAML package ``package_path``.
+    """Compile ``pipeline`` (a function, or ``module:function``) to the YAML package ``package_path``, byte for
+    byte the same in every process (an upload names its version after the package's hash).
 
     Args:
         pipeline: The ``@dsl.pipeline`` function, or where to import it from.
@@ -178,8 +181,25 @@ def compile_pipeline(pipeline: str | Callable[..., Any], package_path: str) -> s
     function = load_pipeline(pipeline) if isinstance(pipeline, str) else pipeline
     Path(package_path).parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline_func=function, package_path=package_path)
+    path = Path(package_path)
+    path.write_text(_sorted_header_defaults(path.read_text()))
     logger.info("compiled %s to %s", getattr(function, "name", function), package_path)
     return package_path
+
+
+DEFAULT_IN_HEADER = re.compile(r"^(?P<head>#    \w+: \w+ )\[Default: (?P<value>.*)\]$")
+
+
+def _sorted_header_defaults(text: str) -> str:
+    """Sort the keys of dict defaults in kfp's comment header, whose order kfp takes from a protobuf Struct
+    and which therefore changes between processes; the spec itself is already in a stable order."""
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        match = DEFAULT_IN_HEADER.match(line)
+        if match and match["value"][:1] in "[{":
+            value = json.dumps(ast.literal_eval(match["value"]), sort_keys=True)
+            lines[i] = f"{match['head']}[Default: {value}]"
+    return "\n".join(lines)
 
 
 def _display_name_filter(name: str) -> str:

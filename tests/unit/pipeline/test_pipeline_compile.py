@@ -24,6 +24,18 @@ def test_the_committed_yaml_is_a_fresh_compile(fresh):
     )
 
 
+def test_the_cli_writes_the_committed_yaml_byte_for_byte(tmp_path):
+    import subprocess
+    import sys
+
+    # another process: kfp orders the header's dict defaults differently per process unless they are sorted,
+    # and `musicrl pipeline upload` names a version after the package's hash
+    out = tmp_path / "retraining.yaml"
+    argv = [sys.executable, "-m", "musicrl", "pipeline", "compile", "--output", str(out)]
+    subprocess.run(argv, check=True, capture_output=True, timeout=120)
+    assert out.read_bytes() == COMPILED.read_bytes()
+
+
 def test_the_yaml_loads_back_with_every_parameter_defaulted(fresh):
     loaded = components.load_component_from_file(str(fresh))
     assert loaded.name == "musicrl-retraining"
