@@ -6,9 +6,10 @@ What it costs and what is checked (measured on a shared 2-core machine, ~90 s fo
   (``--no-index --find-links``: 6-9 s, against ~35 s from the package indexes) and answers its health check.
   In each, the ``musicrl`` command shows its help and ``bus provision``'s (the chart's Job runs it in the recorder
   image), and ``musicrl generate`` exits naming the extra it lacks instead of a traceback.
-- The torch roles (serving, train, pipeline) would unpack ~1.6 GB each (2-3.5 min for serving): by default
+- The torch roles (serving, train, pipeline) would unpack ~1.6 GB each (97 s for serving, measured alone): by default
   what their modules import at module level is checked against what the extra installs (~10 s each).
-  ``MUSICRL_TEST_TORCH_ROLE_INSTALL=1`` also installs ``serving`` in a fresh venv and starts the generator.
+  ``MUSICRL_TEST_TORCH_ROLE_INSTALL=1`` also installs each alone in a fresh venv (~100 s each) and runs it:
+  ``serving`` starts the generator, ``train`` runs two steps of an RL stage, ``pipeline`` compiles the pipeline.
 """
 
 import contextlib
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from musicrl.bus.local_server import LocalNatsServer
 from musicrl.errors import MissingExtra
@@ -218,15 +220,23 @@ def test_torch_role_imports_only_what_its_extra_declares(role: str) -> None:
     assert not missing, f"the {role} modules import {missing}, which the {role!r} extra does not install"
 
 
-@pytest.mark.skipif(
+torch_role_install = pytest.mark.skipif(
     os.environ.get("MUSICRL_TEST_TORCH_ROLE_INSTALL") != "1",
-    reason="unpacks ~1.6 GB (2-3.5 min); set MUSICRL_TEST_TORCH_ROLE_INSTALL=1",
+    reason="unpacks ~1.6 GB per role (~100 s each); set MUSICRL_TEST_TORCH_ROLE_INSTALL=1",
 )
-def test_serving_role_installs_alone_and_the_generator_is_ready(project_wheel: Path, tmp_path: Path) -> None:
-    python = _fresh_venv(tmp_path / "venv")
+
+
+def _torch_role_venv(role: str, project_wheel: Path, folder: Path) -> Path:
+    python = _fresh_venv(folder)
     # torch first, as the images and `make setup` do: the pin finds the CPU wheel, never a CUDA build
     _pip("--python", python, "install", "torch==2.13.0")
-    _pip("--python", python, "install", "-c", CONSTRAINTS, f"{project_wheel}[serving]")
+    _pip("--python", python, "install", "-c", CONSTRAINTS, f"{project_wheel}[{role}]")
+    return python
+
+
+@torch_role_install
+def test_serving_role_installs_alone_and_the_generator_is_ready(project_wheel: Path, tmp_path: Path) -> None:
+    python = _torch_role_venv("serving", project_wheel, tmp_path / "venv")
     port = free_port()
     env = {
         "MUSICRL_MODEL_URI": "tiny://musicgen?seed=0",
@@ -237,3 +247,29 @@ def test_serving_role_installs_alone_and_the_generator_is_ready(project_wheel: P
     url = f"http://127.0.0.1:{port}/v2/health/ready"
     with _service(python, "services.generator", env, tmp_path, url):
         assert requests.get(url, timeout=5).status_code == 200
+
+
+@torch_role_install
+def test_train_role_installs_alone_and_runs_an_rl_stage(project_wheel: Path, tmp_path: Path) -> None:
+    python = _torch_role_venv("train", project_wheel, tmp_path / "venv")
+    config = yaml.safe_load((ROOT / "configs" / "rl" / "tiny-r.yaml").read_text())
+    config |= {
+        "prompts_file": str(ROOT / "configs" / "rl" / "prompts.txt"),
+        "optim": {**config["optim"], "steps": 2},
+        "checkpoint_every": 2,
+        "out_url": str(tmp_path / "run"),
+    }
+    (tmp_path / "stage.yaml").write_text(yaml.safe_dump(config))
+    result = _musicrl(
+        python, tmp_path, "train", "rl", "--config", tmp_path / "stage.yaml", env={"OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2  # one line per step
+
+
+@torch_role_install
+def test_pipeline_role_installs_alone_and_compiles_the_committed_pipeline(project_wheel: Path, tmp_path: Path) -> None:
+    python = _torch_role_venv("pipeline", project_wheel, tmp_path / "venv")
+    result = _musicrl(python, tmp_path, "pipeline", "compile", "--output", tmp_path / "retraining.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "retraining.yaml").read_text() == (ROOT / "pipelines" / "retraining.yaml").read_text()
