@@ -92,7 +92,7 @@ def train_quality(snapshot_uri: str, clap_uri: str, artifacts_url: str, run_id: 
 
 @dsl.component(base_image=BASE_IMAGE)
 def train_preference(
-    snapshot_uri: str, init_uri: str, stages: str, artifacts_url: str, run_id: str, device: str
+    snapshot_uri: str, init_uri: str, stages: str, require_learned: bool, artifacts_url: str, run_id: str, device: str
 ) -> NamedTuple("PreferenceOutputs", [("uri", str), ("usable", bool), ("reason", str)]):
     """Train the preference model from the stable policy; say whether the RL stages may optimise it."""
     from collections import namedtuple
@@ -100,7 +100,7 @@ def train_preference(
     from musicrl.pipeline import steps
 
     out_url = steps.run_url(artifacts_url, run_id, "preference")
-    outcome = steps.train_preference_model(snapshot_uri, init_uri, out_url, run_id, device, stages)
+    outcome = steps.train_preference_model(snapshot_uri, init_uri, out_url, run_id, device, stages, require_learned)
     outputs = namedtuple("PreferenceOutputs", ["uri", "usable", "reason"])
     return outputs(outcome.uri, outcome.usable, outcome.reason)
 

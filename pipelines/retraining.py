@@ -55,12 +55,21 @@ class _Steps:
         return task
 
 
-def _reward_models(step: _Steps, gpu, snapshot, clap_uri, stable_uri, stages, common) -> tuple[dict, dsl.PipelineTask]:
+def _reward_models(
+    step: _Steps, gpu, snapshot, clap_uri, stable_uri, stages, require_learned, common
+) -> tuple[dict, dsl.PipelineTask]:
     """Train the quality head and the preference model side by side, on the GPU pool; their URIs, and the
     preference task, whose ``usable`` output says whether the RL stages may optimise it."""
     snapshot_uri = snapshot.outputs["uri"]
     quality = step(c.train_quality, snapshot_uri=snapshot_uri, clap_uri=clap_uri, **common)
-    preference = step(c.train_preference, snapshot_uri=snapshot_uri, init_uri=stable_uri, stages=stages, **common)
+    preference = step(
+        c.train_preference,
+        snapshot_uri=snapshot_uri,
+        init_uri=stable_uri,
+        stages=stages,
+        require_learned=require_learned,
+        **common,
+    )
     for task in (quality, preference):
         _on_gpu(task, *gpu)
     return {"quality_uri": quality.output, "preference_uri": preference.outputs["uri"]}, preference
@@ -129,6 +138,7 @@ def retraining_pipeline(
     rl_steps: int = D.rl_steps,
     rl_workers: int = D.rl_workers,
     min_new_preferences: int = D.min_new_preferences,
+    require_learned_preference: bool = D.require_learned_preference,
     validation_fraction: float = D.validation_fraction,
     test_fraction: float = D.test_fraction,
     gate_prompts_file: str = D.gate_prompts_file,
@@ -182,7 +192,9 @@ def retraining_pipeline(
         ).after(checked)
         with dsl.If(snapshot.outputs["enough"] == True, name="enough-new-preferences"):  # noqa: E712
             common = {"artifacts_url": artifacts_url, "run_id": RUN_ID, "device": device}
-            models, preference = _reward_models(step, gpu, snapshot, clap_uri, stable, stages, common)
+            models, preference = _reward_models(
+                step, gpu, snapshot, clap_uri, stable, stages, require_learned_preference, common
+            )
             with dsl.If(preference.outputs["usable"] == True, name="preference-model-usable"):  # noqa: E712
                 stage_inputs = {
                     "stages": stages,

@@ -42,6 +42,8 @@ class RetrainingParams:
         rl_workers: Processes per RL stage; above 1 the stage runs as a Kubeflow Trainer TrainJob.
         min_new_preferences: Stop early, saying so, unless the snapshot holds this many more listened
             preferences than the stable policy was trained on.
+        require_learned_preference: Stop before RL when no epoch of the preference model beat its untrained
+            self on validation (false lets RL run on it anyway: a plumbing run on untrained models).
         validation_fraction: Share of prompts whose preferences the reward trainers choose their epoch on.
         test_fraction: Share of prompts held out from training and choosing, which the reports score on.
         gate_prompts_file: Held-out prompts of the offline gate (one per line).
@@ -74,6 +76,7 @@ class RetrainingParams:
     rl_steps: int = 0
     rl_workers: int = 1
     min_new_preferences: int = 1000  # fewer than this and a retrained reward model has learned little new
+    require_learned_preference: bool = True
     # the snapshot's defaults; a young deployment with a few hundred preferences needs a larger validation
     # share, or its epochs are ranked on a handful of pairs
     validation_fraction: float = 0.1

@@ -146,14 +146,14 @@ PREFERENCE_STAGES = ("U", "RU")  # the stages whose reward is the preference mod
 
 
 def train_preference_model(
-    snapshot_uri: str, init_uri: str, out_url: str, run_id: str, device: str, stages: str
+    snapshot_uri: str, init_uri: str, out_url: str, run_id: str, device: str, stages: str, required: bool = True
 ) -> PreferenceOutcome:
     """``musicrl train preference`` from the stable policy (MusicRL: the RM starts from the generator).
 
     A model no epoch of which beat its untrained self on the validation split has learned nothing the
     listeners' votes hold, and its untrained head scores every clip the same: RL on it would follow noise,
     and its canary would spend listeners' time on a policy that did not change. The run stops instead,
-    unless no selected stage optimises it (R alone).
+    unless no selected stage optimises it (R alone) or ``required`` is false.
     """
     from musicrl.rewards.preference_config import PreferenceTrainConfig
     from musicrl.rewards.train_preference import train_preference
@@ -161,13 +161,14 @@ def train_preference_model(
     config = PreferenceTrainConfig(
         snapshot_url=snapshot_uri, init_uri=init_uri, out_url=out_url, device=device, training_run=run_id
     )
-    return preference_outcome(train_preference(config), stages)
+    return preference_outcome(train_preference(config), stages, required)
 
 
-def preference_outcome(result: "PreferenceTrainResult", stages: str) -> PreferenceOutcome:
-    """Whether the RL stages of ``stages`` may optimise the trained model, and if not, why not."""
+def preference_outcome(result: "PreferenceTrainResult", stages: str, required: bool = True) -> PreferenceOutcome:
+    """Whether the RL stages of ``stages`` may optimise the trained model, and if not, why not (``required``
+    false: they may, whatever it learned)."""
     needed = set(PREFERENCE_STAGES) & set(selected_stages(stages))
-    if result.best_epoch > 0 or not needed:
+    if result.best_epoch > 0 or not needed or not required:
         return PreferenceOutcome(result.uri, True, "")
     best = max((row["validation/accuracy"] for row in result.history), default=float("nan"))
     reason = (

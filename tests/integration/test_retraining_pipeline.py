@@ -57,6 +57,8 @@ def _run(tmp_path: Path, world, **overrides) -> Path:
         "rl_config_prefix": "tiny",  # configs/rl/tiny-{r,u,ru}.yaml: 1 s clips, the tiny CLAP
         "rl_steps": 2,  # the plumbing, not the science: two steps leave a checkpoint per stage
         "min_new_preferences": 10,
+        # the tiny preference model learns the world's random votes or not, run to run; the plumbing must run
+        "require_learned_preference": False,
         "gate_prompts_file": str(prompts),
         "gate_clips_per_prompt": 2,
         "gate_clip_duration_s": 0.5,

@@ -34,6 +34,11 @@ def test_a_run_of_r_alone_does_not_wait_on_a_preference_model_it_never_optimises
     assert preference_outcome(_trained(0, [0.4]), "R").usable
 
 
+def test_a_run_that_does_not_require_a_learned_model_goes_on_to_rl_anyway():
+    assert preference_outcome(_trained(0, [0.4]), "R,U,RU", required=False).usable
+    assert not preference_outcome(_trained(0, [0.4]), "R,U,RU", required=True).usable
+
+
 def test_serving_reads_the_stable_policy_the_routing_table_names_when_the_run_starts(tmp_path):
     import asyncio
 
