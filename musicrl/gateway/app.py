@@ -2,34 +2,25 @@
 
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import nats.errors
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import Counter, Histogram
 
 from musicrl.errors import MusicRLError
 from musicrl.gateway.config import GatewayConfig
+from musicrl.gateway.deps import document_security
 from musicrl.gateway.error_replies import bus_error, platform_error, validation_error
 from musicrl.gateway.limits import document_limits
-from musicrl.gateway.middleware import BodySizeLimit, RequestId
+from musicrl.gateway.middleware import BodySizeLimit, RequestId, RequestMetrics
 from musicrl.gateway.routes import admin, clips, comparisons, generations, health, page, ratings
 from musicrl.gateway.state import open_state
 
 
 logger = logging.getLogger(__name__)
-
-HTTP_REQUESTS = Counter("musicrl_gateway_requests_total", "HTTP requests by route and status.", ["route", "status"])
-HTTP_LATENCY = Histogram(
-    "musicrl_gateway_request_seconds",
-    "HTTP request latency by route.",
-    ["route"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-)
 
 
 def create_app(config: GatewayConfig) -> FastAPI:
@@ -56,19 +47,19 @@ def create_app(config: GatewayConfig) -> FastAPI:
     app.add_exception_handler(MusicRLError, platform_error)  # type: ignore[arg-type]
     app.add_exception_handler(nats.errors.Error, bus_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
-    app.middleware("http")(_count_requests)
+    app.add_middleware(RequestMetrics)  # type: ignore[arg-type]
     app.add_middleware(BodySizeLimit, max_bytes=config.limits.max_body_bytes)  # type: ignore[arg-type]
     app.add_middleware(RequestId)  # type: ignore[arg-type]  # outermost: even a 413 carries the id
-    _document_configured_limits(app, config)
+    _extend_document(app, config)
     return app
 
 
-def _document_configured_limits(app: FastAPI, config: GatewayConfig) -> None:
+def _extend_document(app: FastAPI, config: GatewayConfig) -> None:
     generate_document = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_limits(generate_document(), config.limits)
+            app.openapi_schema = document_security(document_limits(generate_document(), config.limits))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the document
@@ -83,17 +74,8 @@ def serve_gateway(config: GatewayConfig) -> None:
         host=config.host,
         port=config.port,
         log_config=None,
+        access_log=config.access_log,
         timeout_graceful_shutdown=30,
         proxy_headers=True,  # the client address behind the ingress, from trusted proxies only
         forwarded_allow_ips=config.forwarded_allow_ips,
     )
-
-
-async def _count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    started = time.perf_counter()
-    response = await call_next(request)
-    route = request.scope.get("route")
-    name = getattr(route, "path", "unmatched")  # the template (/v1/clips/{clip_id}.wav), not the raw path
-    HTTP_REQUESTS.labels(route=name, status=str(response.status_code)).inc()
-    HTTP_LATENCY.labels(route=name).observe(time.perf_counter() - started)
-    return response

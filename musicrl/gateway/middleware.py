@@ -1,12 +1,15 @@
-"""ASGI middleware of the gateway: a cap on request bodies, and the request id.
+"""ASGI middleware of the gateway: a cap on request bodies, the request id, and request metrics.
 
-Both are plain ASGI (not ``BaseHTTPMiddleware``): the body cap must see the body before FastAPI parses it,
-and neither should buffer replies.
+All are plain ASGI (not ``BaseHTTPMiddleware``): the body cap must see the body before FastAPI parses it,
+none should buffer replies, and ``BaseHTTPMiddleware`` runs every request through a task group and memory
+streams, which cost the feedback path more than its own work did.
 """
 
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from prometheus_client import Counter, Histogram
 from starlette.responses import JSONResponse
 
 from musicrl.logs import REQUEST_ID_HEADER, request_id_from, request_id_var
@@ -17,6 +20,14 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+HTTP_REQUESTS = Counter("musicrl_gateway_requests_total", "HTTP requests by route and status.", ["route", "status"])
+HTTP_LATENCY = Histogram(
+    "musicrl_gateway_request_seconds",
+    "HTTP request latency by route.",
+    ["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
 
 
 class BodySizeLimit:
@@ -108,3 +119,38 @@ class RequestId:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
+
+
+class RequestMetrics:
+    """Count requests by route template and status, and time them up to the start of the reply.
+
+    The route is the template (``/v1/clips/{clip_id}.wav``), never the raw path, so the label set stays
+    bounded; the router records it in the shared scope while it dispatches. A request that fails before it
+    starts a reply is counted as a 500, which is what the server's error middleware answers.
+
+    Args:
+        app: The wrapped application.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_REQUESTS.labels(route=route, status=str(status)).inc()
+            HTTP_LATENCY.labels(route=route).observe(time.perf_counter() - started)

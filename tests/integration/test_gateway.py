@@ -1,8 +1,12 @@
 """The gateway as a real process, with a real nats-server and a tiny generator behind it."""
 
 import asyncio
+import concurrent.futures
 import contextlib
 import io
+import os
+import signal
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -383,3 +387,25 @@ def test_a_bus_outage_is_a_503_and_nothing_is_half_accepted(platform):
     assert retry.status_code == 201, retry.text
     stored = [e for e in _events(platform, "musicrl.v1.preference_submitted") if e.comparison_id == comparison["id"]]
     assert [e.header.event_id for e in stored] == [retry.json()["event_id"]]
+
+
+def test_a_preference_is_answered_only_after_jetstream_stored_it(platform):
+    """nats-server is frozen (SIGSTOP) while a preference is in flight: no reply may come until it thaws."""
+    comparison = _comparison(platform)
+    url = f"{platform.url}/v1/comparisons/{comparison['id']}/preference"
+    headers = platform.headers(**{"Idempotency-Key": "frozen-bus"})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        os.kill(platform.nats.process.pid, signal.SIGSTOP)
+        try:
+            pending = pool.submit(requests.post, url, json={"choice": "b"}, headers=headers, timeout=30)
+            with pytest.raises(concurrent.futures.TimeoutError):
+                pending.result(timeout=1.5)  # the gateway holds the request while the bus cannot acknowledge
+        finally:
+            thawed_at = time.monotonic()
+            os.kill(platform.nats.process.pid, signal.SIGCONT)
+        reply = pending.result(timeout=30)
+        answered_at = time.monotonic()
+    assert reply.status_code == 201, reply.text
+    assert answered_at >= thawed_at
+    stored = [e for e in _events(platform, "musicrl.v1.preference_submitted") if e.comparison_id == comparison["id"]]
+    assert [e.header.event_id for e in stored] == [reply.json()["event_id"]]

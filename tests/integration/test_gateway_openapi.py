@@ -48,6 +48,8 @@ def test_the_document_covers_every_route(platform):
         "/metrics",
     }
     assert {"HTTPBearer", "APIKeyCookie"} <= set(document["components"]["securitySchemes"])
+    open_operations = {path for path, ops in document["paths"].items() for op in ops.values() if "security" not in op}
+    assert open_operations == {"/healthz", "/readyz", "/metrics"}  # every other operation states its credentials
     create = document["paths"]["/v1/comparisons"]["post"]
     assert {"201", "400", "401", "403", "409", "422", "429", "503"} <= set(create["responses"])
 

@@ -24,7 +24,6 @@ from musicrl.gateway.schemas import (
 
 router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"])
 ComparisonId = Annotated[str, Path(pattern=UUID_PATTERN, description="Comparison id.")]
-FEEDBACK_LEASE_S = 0.0  # feedback only publishes events with derived ids: a concurrent retry is harmless
 
 
 @router.post(
@@ -40,7 +39,7 @@ async def create_comparison(
     check_limits(comparison_in, limits)
     params = SamplingParams(duration_s=limits.comparison_duration_s)
     listener = listener_of(state, caller, comparison_in.listener_id)
-    scoped = idem.for_user(listener.user_id)
+    scoped = idem.for_user(caller.key_id, listener.user_id)
 
     async def serve() -> ComparisonPublic:
         served = await state.comparisons.serve(comparison_in.prompt, params, listener, scoped)
@@ -65,7 +64,7 @@ async def create_playback(
     response: Response,
 ) -> EventPublic:
     listener = listener_of(state, caller, playback_in.listener_id)
-    scoped = idem.for_user(listener.user_id)
+    scoped = idem.for_user(caller.key_id, listener.user_id)
 
     async def record() -> EventPublic:
         event_id = scoped.new_id("event/playback")
@@ -74,7 +73,7 @@ async def create_playback(
         )
         return EventPublic(event_id=event_id)
 
-    return await scoped.run(record, EventPublic, FEEDBACK_LEASE_S, response)
+    return await scoped.run_repeatable(record, response)
 
 
 @router.post(
@@ -92,14 +91,14 @@ async def create_preference(
     response: Response,
 ) -> EventPublic:
     listener = listener_of(state, caller, preference_in.listener_id)
-    scoped = idem.for_user(listener.user_id)
+    scoped = idem.for_user(caller.key_id, listener.user_id)
 
     async def record() -> EventPublic:
         event_id = scoped.new_id("event/preference")
         await state.feedback.preference(comparison_id, preference_in.choice, listener, event_id)
         return EventPublic(event_id=event_id)
 
-    return await scoped.run(record, EventPublic, FEEDBACK_LEASE_S, response)
+    return await scoped.run_repeatable(record, response)
 
 
 def comparison_public(served: ServedComparison, min_listened_share: float) -> ComparisonPublic:

@@ -34,7 +34,7 @@ async def create_generation(
         top_k=generation_in.top_k,
         guidance_scale=generation_in.guidance_scale,
     )
-    scoped = idem.for_user(listener_of(state, caller, generation_in.listener_id).user_id)
+    scoped = idem.for_user(caller.key_id, listener_of(state, caller, generation_in.listener_id).user_id)
 
     async def submit() -> GenerationPublic:
         job = await state.jobs.submit(

@@ -4,7 +4,6 @@ from fastapi import APIRouter, Response, status
 
 from musicrl.gateway.deps import IdempotencyDep, RateCaller, StateDep, listener_of
 from musicrl.gateway.routes import AUTHENTICATED, WITH_BODY, errors
-from musicrl.gateway.routes.comparisons import FEEDBACK_LEASE_S
 from musicrl.gateway.schemas import EventPublic, RatingCreate
 
 
@@ -21,11 +20,11 @@ async def create_rating(
     rating_in: RatingCreate, state: StateDep, caller: RateCaller, idem: IdempotencyDep, response: Response
 ) -> EventPublic:
     rater = listener_of(state, caller, rating_in.listener_id)
-    scoped = idem.for_user(rater.user_id)
+    scoped = idem.for_user(caller.key_id, rater.user_id)
 
     async def record() -> EventPublic:
         event_id = scoped.new_id("event/rating")
         await state.feedback.rating(rating_in.clip_id, rating_in.score, rater, event_id)
         return EventPublic(event_id=event_id)
 
-    return await scoped.run(record, EventPublic, FEEDBACK_LEASE_S, response)
+    return await scoped.run_repeatable(record, response)
