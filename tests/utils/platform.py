@@ -31,10 +31,16 @@ class Platform:
     root: Path
     recorder: ServiceProcess | None = None
     extra: dict = field(default_factory=dict)
+    replicas: list[ServiceProcess] = field(default_factory=list)  # further gateways on the same bus and store
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.gateway.http_port}"
+
+    @property
+    def urls(self) -> list[str]:
+        """Every gateway replica's URL, the first being :attr:`url`."""
+        return [self.url, *(f"http://127.0.0.1:{r.http_port}" for r in self.replicas)]
 
     @property
     def clip_dir(self) -> Path:
@@ -60,8 +66,10 @@ def write_keys(path: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_platform(root: Path, gateway_env: Mapping[str, str] | None = None) -> Iterator[Platform]:
-    """Start nats-server, a tiny generator and the gateway under ``root``; stop them afterwards."""
+def running_platform(
+    root: Path, gateway_env: Mapping[str, str] | None = None, gateway_replicas: int = 1
+) -> Iterator[Platform]:
+    """Start nats-server, a tiny generator and ``gateway_replicas`` gateways under ``root``; stop them after."""
     root.mkdir(parents=True, exist_ok=True)
     tokens = write_keys(root / "keys.json")
     with contextlib.ExitStack() as stack:
@@ -85,5 +93,7 @@ def running_platform(root: Path, gateway_env: Mapping[str, str] | None = None) -
             "MUSICRL_ENVIRONMENT": "development",  # cookies without the Secure flag on plain http
             **(gateway_env or {}),
         }
-        gateway = stack.enter_context(http_service("services.gateway", env, root))
-        yield Platform(nats=nats, generator=generator, gateway=gateway, tokens=tokens, root=root)
+        gateway, *replicas = [
+            stack.enter_context(http_service("services.gateway", env, root)) for _ in range(gateway_replicas)
+        ]
+        yield Platform(nats=nats, generator=generator, gateway=gateway, tokens=tokens, root=root, replicas=replicas)
