@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from musicrl.errors import InvalidRequest
-from musicrl.models.audio import resample
+from musicrl.models.clap_features import ClapLogMel
 from musicrl.models.clap_loading import ClapBundle
+from musicrl.models.resampling import resample_many
 
 
 logger = logging.getLogger(__name__)
@@ -92,20 +93,17 @@ def embed_segments(
     """
     limit = int(bundle.feature_extractor.nb_max_samples)
     # a resampled segment may round up by a sample or two past the limit: crop it so no random crop happens
-    resampled = [resample(s, sample_rate, bundle.sample_rate)[:limit] for s in segments]
+    resampled = [s[:limit] for s in resample_many(segments, sample_rate, bundle.sample_rate, bundle.device)]
     fused = bool(bundle.model.config.audio_config.enable_fusion)
     truncation = "fusion" if fused else "rand_trunc"  # the unfused tower takes one channel, the fused four
+    log_mel = ClapLogMel(bundle.feature_extractor, bundle.device)  # the extractor's spectrograms, batched in torch
     chunks = []
     for start in range(0, len(resampled), batch_size):
         batch = resampled[start : start + batch_size]
-        features = bundle.feature_extractor(
-            batch, sampling_rate=bundle.sample_rate, truncation=truncation, return_tensors="pt"
-        )["input_features"]  # [n, C, frames, mels], C = 4 if fused else 1
+        features = log_mel(batch, truncation)  # [n, C, frames, mels], C = 4 if fused else 1
         # no segment is longer than the window; the extractor would mark one at random as "longer" for fusion
         is_longer = torch.zeros(len(batch), 1, dtype=torch.bool, device=bundle.device)  # [n, 1]
-        output = bundle.model.get_audio_features(
-            input_features=features.to(device=bundle.device, dtype=torch.float32), is_longer=is_longer
-        )
+        output = bundle.model.get_audio_features(input_features=features, is_longer=is_longer)
         chunks.append(_unit_embeddings(output))
     return torch.cat(chunks)  # [N, D]
 
