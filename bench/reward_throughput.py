@@ -1,7 +1,8 @@
 """Clips scored per second by each reward, batched against one clip at a time, in the same run.
 
 The clips are 10 s at 32 kHz (one CLAP segment) with their codes; each reward scores the same clips both
-ways, so the ratio shows what batching buys for that reward.
+ways, so the ratio shows what batching buys for that reward. A last line scores clips of mixed lengths
+(1 to 10 s) with the preference reward, bucketed by length against one pass padded to the longest.
 
     python bench/reward_throughput.py [--clips 16] [--seconds 10]
 """
@@ -28,11 +29,12 @@ MID_POLICY = (
 )
 
 
-def clips(count: int, seconds: float) -> ClipBatch:
+def clips(count: int, seconds: float | list[float]) -> ClipBatch:
     rng = np.random.default_rng(0)
     rate = 32_000
-    audio = [(0.1 * rng.standard_normal(int(seconds * rate))).astype(np.float32) for _ in range(count)]
-    codes = [rng.integers(0, 128, size=(4, int(seconds * 50))) for _ in range(count)]
+    durations = seconds if isinstance(seconds, list) else [seconds] * count
+    audio = [(0.1 * rng.standard_normal(int(s * rate))).astype(np.float32) for s in durations]
+    codes = [rng.integers(0, 128, size=(4, int(s * 50))) for s in durations]
     return ClipBatch([f"bench prompt {i}" for i in range(count)], audio=audio, sample_rate=rate, codes=codes)
 
 
@@ -66,6 +68,13 @@ def main() -> None:
             one_by_one = args.clips / timed(lambda r=reward: [r.score(s) for s in singles])
             print(f"{name:>15}: batched {batched:7.1f} clips/s, one at a time {one_by_one:7.1f} clips/s, "
                   f"ratio {batched / one_by_one:.2f}")  # fmt: skip
+        mixed = clips(args.clips, list(np.linspace(1.0, args.seconds, args.clips)))
+        model = rewards["preference-42M"].model
+        bucketed = args.clips / timed(lambda: rewards["preference-42M"].score(mixed))
+        model.max_padding_share = 1.0  # one pass, every clip padded to the longest
+        padded = args.clips / timed(lambda: rewards["preference-42M"].score(mixed))
+        print(f"\npreference-42M, clips of 1 to {args.seconds:.0f} s: bucketed by length {bucketed:.1f} clips/s, "
+              f"one padded pass {padded:.1f} clips/s, ratio {bucketed / padded:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

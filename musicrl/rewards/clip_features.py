@@ -98,7 +98,8 @@ def decoder_features(
         codes: C grids, integer [K, T_c].
         batch_size: Clips per forward pass.
     """
-    from musicrl.rewards.preference import PreferenceRewardModel, delayed_grid
+    from musicrl.rewards.preference import PreferenceRewardModel
+    from musicrl.rewards.preference_inputs import delayed_grid
 
     model = PreferenceRewardModel.from_policy(policy_uri)
     width = int(model.backbone.config.decoder.hidden_size)

@@ -42,11 +42,11 @@ from transformers import MusicgenForConditionalGeneration, PreTrainedTokenizerBa
 from musicrl.errors import IncompatibleModel, InvalidRequest
 from musicrl.models.audio import resample
 from musicrl.models.checkpoint import CheckpointMetadata, read_metadata, save_checkpoint
-from musicrl.models.delay import delay
 from musicrl.models.loading import load_musicgen
 from musicrl.models.resolver import resolve_local_dir
 from musicrl.models.uri import ModelURI, Scheme
 from musicrl.rewards.base import ClipBatch, ClipInput, check_vocabulary, finite_scores
+from musicrl.rewards.preference_inputs import MAX_PADDING_SHARE, clip_windows, delayed_grid, length_buckets
 
 
 logger = logging.getLogger(__name__)
@@ -58,49 +58,6 @@ BACKBONE_DIR = "backbone"  # the MusicGen save_pretrained folder inside a checkp
 POOLING = "mean"  # the only pooling written so far; stored in the checkpoint so a reader can check it
 DEFAULT_WINDOW_FRAMES = 1500  # 30 s at 50 frames/s, the clip length MusicGen was trained on
 MAX_PROMPT_TOKENS = 256  # as the engine: T5 uses relative positions and music prompts are short
-
-
-def clip_windows(codes: Sequence[torch.Tensor], window_frames: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Each clip as itself if it has at most ``window_frames`` frames, else its first and last window.
-
-    Args:
-        codes: B grids, int64 [K, T_b].
-        window_frames: The longest window, in frames.
-
-    Returns:
-        The W windows (int64 [K, ≤ window_frames]) in clip order, and the clip of each window, int64 [W].
-    """
-    windows, owner = [], []
-    for index, clip in enumerate(codes):
-        cut = [clip] if clip.shape[-1] <= window_frames else [clip[:, :window_frames], clip[:, -window_frames:]]
-        windows.extend(cut)
-        owner.extend([index] * len(cut))
-    return windows, torch.tensor(owner, dtype=torch.long)
-
-
-def delayed_grid(codes: Sequence[torch.Tensor], start_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lay clips of any lengths out as the decoder reads them, padded to the longest.
-
-    Each clip of T_b frames becomes the delayed grid the engine decodes (start token at position 0, codebook
-    k shifted by k, start token outside each codebook's window), T_b + K positions long. Shorter clips are
-    padded with the start token *before* the shift, which gives exactly their own grid followed by
-    start tokens; the mask marks each clip's T_b + K positions.
-
-    Args:
-        codes: B grids, int64 [K, T_b], all with the same K.
-        start_token_id: The decoder's start token.
-
-    Returns:
-        ``(grid, mask)``: int64 [B, K, T_max + K] and bool [B, T_max + K].
-    """
-    frames = torch.tensor([c.shape[-1] for c in codes])  # [B]
-    num_codebooks = int(codes[0].shape[0])
-    padded = torch.full((len(codes), num_codebooks, int(frames.max())), start_token_id, dtype=torch.long)  # [B, K, T]
-    for b, clip in enumerate(codes):
-        padded[b, :, : clip.shape[-1]] = clip
-    grid = delay(padded, start_token_id)  # [B, K, T + K]
-    mask = torch.arange(grid.shape[-1])[None, :] < (frames + num_codebooks)[:, None]  # [B, T + K]
-    return grid, mask
 
 
 class PreferenceRewardModel(nn.Module):
@@ -134,6 +91,7 @@ class PreferenceRewardModel(nn.Module):
         self.head = head if head is not None else _zero_head(int(backbone.config.decoder.hidden_size))
         self.parent_uri = parent_uri
         self.window_frames = min(window_frames, self.max_frames)
+        self.max_padding_share = MAX_PADDING_SHARE  # per forward pass (length_buckets); 1.0 is one padded pass
         self._windowed = False  # whether the first long clip was logged
 
     @classmethod
@@ -283,9 +241,13 @@ class PreferenceRewardModel(nn.Module):
         windows, owner = clip_windows(clips, self.window_frames)  # W windows, owner [W]
         if len(windows) > len(clips):
             self._say_windowing(max(a.shape[-1] for a in arrays))
-        grid, grid_mask = delayed_grid(windows, self.start_token_id)
-        states, text_mask = self.encode_text([prompts[int(i)] for i in owner])
-        rewards = self(grid.to(self.device), grid_mask.to(self.device), states, text_mask)  # [W]
+        parts, order = [], []
+        for bucket in length_buckets([w.shape[-1] for w in windows], self.max_padding_share):  # little padding
+            grid, grid_mask = delayed_grid([windows[i] for i in bucket], self.start_token_id)
+            states, text_mask = self.encode_text([prompts[int(owner[i])] for i in bucket])
+            parts.append(self(grid.to(self.device), grid_mask.to(self.device), states, text_mask))  # [n]
+            order.extend(bucket)
+        rewards = torch.cat(parts)[torch.argsort(torch.tensor(order)).to(self.device)]  # [W], window order
         summed = torch.zeros(len(clips), device=rewards.device).index_add(0, owner.to(rewards.device), rewards)
         return summed / torch.bincount(owner, minlength=len(clips)).to(rewards.device)  # [B]: mean over windows
 

@@ -10,12 +10,8 @@ from musicrl.errors import IncompatibleModel, InvalidRequest
 from musicrl.models.engine import GenerationEngine, GenerationRequest
 from musicrl.models.loading import load_musicgen
 from musicrl.rewards.base import ClipBatch, ClipInput, RewardModel
-from musicrl.rewards.preference import (
-    PreferenceReward,
-    PreferenceRewardModel,
-    delayed_grid,
-    load_preference,
-)
+from musicrl.rewards.preference import PreferenceReward, PreferenceRewardModel, load_preference
+from musicrl.rewards.preference_inputs import delayed_grid, length_buckets
 from tests.utils.tiny_models import TINY_MUSICGEN_URI, differing_tensors
 
 
@@ -114,6 +110,28 @@ def test_a_clip_scores_the_same_alone_and_batched_with_longer_clips(trained_like
     alone = trained_like.score_codes(["calm"], [clip])
     batched = trained_like.score_codes(["a much longer prompt than the other", "calm"], [_codes(10, 30), clip])
     torch.testing.assert_close(batched[1:], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_padding_in_one_forward_pass_does_not_change_a_clips_reward(trained_like):
+    """Buckets keep padding small, not at zero: a padded row must still score as it does alone."""
+    clip, longer = _codes(9, 7), _codes(10, 30)
+    grid, mask = delayed_grid([torch.as_tensor(longer), torch.as_tensor(clip)], START)
+    states, text_mask = trained_like.encode_text(["a much longer prompt than the other", "calm"])
+    padded = trained_like(grid, mask, states, text_mask)
+    alone_grid, alone_mask = delayed_grid([torch.as_tensor(clip)], START)
+    alone = trained_like(alone_grid, alone_mask, *trained_like.encode_text(["calm"]))
+    torch.testing.assert_close(padded[1:], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_length_buckets_bound_the_padding_and_keep_every_clip():
+    lengths = [500, 50, 480, 100, 250, 500, 90, 10]
+    buckets = length_buckets(lengths, max_padding=0.2)
+    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+    for bucket in buckets:
+        longest = max(lengths[i] for i in bucket)
+        assert 1 - sum(lengths[i] for i in bucket) / (longest * len(bucket)) <= 0.2
+    assert len(buckets) < len(lengths)  # similar lengths share a pass
+    assert length_buckets([7, 7, 7]) == [[0, 1, 2]]
 
 
 def test_the_prompt_changes_the_score(trained_like):
