@@ -33,8 +33,9 @@ HTTP_LATENCY = Histogram(
 class BodySizeLimit:
     """Answer 413 to a request whose body is longer than ``max_bytes``, before anything parses it.
 
-    A declared ``Content-Length`` over the cap is refused without reading the body; a chunked body is read
-    up to the cap (at most ``max_bytes`` are ever held) and replayed to the app.
+    A declared ``Content-Length`` over the cap is refused without reading the body, and one within it is
+    passed through (the server never delivers more than the declared bytes); a chunked body is read up to
+    the cap (at most ``max_bytes`` are ever held) and replayed to the app.
 
     Args:
         app: The wrapped application.
@@ -49,10 +50,18 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(scope, receive, send)
-            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit():
+            if int(declared) > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            if b"transfer-encoding" not in headers:  # the server delivers exactly the declared bytes
+                await self.app(scope, receive, send)
+                return
+        await self._capped(scope, receive, send)  # chunked (or both framings): hold at most the cap
+
+    async def _capped(self, scope: Scope, receive: Receive, send: Send) -> None:
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
