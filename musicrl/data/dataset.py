@@ -30,6 +30,7 @@ from musicrl.bus.subjects import kind_of
 
 # write_durably lives in a module without pyarrow (the gateway image writes keys files with it); the recorder and
 # the trainers import it from here
+from musicrl.data.durable import join_url as join_url
 from musicrl.data.durable import write_durably as write_durably
 from musicrl.data.event_tables import arrow_schema
 from musicrl.errors import InvalidRequest
@@ -80,11 +81,6 @@ def parquet_file(url: str) -> Iterator[pq.ParquetFile]:
     else:
         with fs.open(path, "rb") as f:
             yield pq.ParquetFile(f)
-
-
-def join_url(base: str, *parts: str) -> str:
-    """``base/part/part`` for a local path or any fsspec URL."""
-    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
 def part_url(dataset_url: str, kind: str, date: datetime.date, now: datetime.datetime | None = None) -> str:

@@ -15,6 +15,11 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 
+def join_url(base: str, *parts: str) -> str:
+    """``base/part/part`` for a local path or any fsspec URL."""
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
 def write_durably(url: str, data: bytes) -> None:
     """Write ``data`` to ``url`` so that, once this returns, it survives a crash and is never seen half-written.
 

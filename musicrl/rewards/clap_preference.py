@@ -23,7 +23,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from musicrl.data.dataset import join_url, write_durably
+from musicrl.data.durable import join_url, write_durably  # not dataset: serving needs no pyarrow
 from musicrl.errors import IncompatibleModel, InvalidRequest
 from musicrl.models.checkpoint import CheckpointMetadata, read_metadata
 from musicrl.models.clap_loading import ClapBundle, load_clap
