@@ -4,18 +4,23 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
+TRITON_HOME := .triton
+TRITON_STAMP := $(TRITON_HOME)/.setup-stamp
 TORCH_VERSION := 2.13.0
 RUN_MODEL ?= toy://musicgen
 
 .PHONY: setup system-deps run demo test test-fast lint format proto bench lock clean
 
-setup: system-deps $(STAMP)
+setup: system-deps $(STAMP) $(TRITON_STAMP)
 
-# The listening page is tested in Debian's Chromium (Playwright cannot download a browser here).
+# The listening page is tested in Debian's Chromium (Playwright cannot download a browser here), and
+# tritonserver's Python backend embeds Debian's libpython3.11, so its environment is a venv of that Python.
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@{ command -v chromium && test -f /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0 \
+		&& /usr/bin/python3.11 -c 'import ensurepip'; } >/dev/null 2>&1 || { \
 		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium; }
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends \
+			chromium libpython3.11 python3.11-venv; }
 
 # torch first: the CPU wheel is found by version; an unpinned torch would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml constraints.txt
@@ -23,6 +28,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+# tritonserver (the nvidia-pytriton wheel's binary, not its Python API) for the Triton runtime and its tests
+$(TRITON_STAMP): $(STAMP) musicrl/triton/install.py
+	$(PY) -m musicrl.triton.install --home $(TRITON_HOME)
 	touch $@
 
 # nats-server, the generator, the recorder and the gateway on loopback; the page at http://127.0.0.1:8000/
@@ -68,4 +78,4 @@ lock: setup
 	$(PY) -m pip freeze --exclude-editable | grep -v -i '^torch==' > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(TRITON_HOME) .pytest_cache .ruff_cache .mypy_cache

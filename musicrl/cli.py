@@ -10,6 +10,8 @@
     musicrl bus provision --nats-url URL [--replicas 3]   # streams and KV buckets (the chart's hook Job)
     musicrl up                      # the whole platform on this machine (make run)
     musicrl serve rewards --text-adherence-uri URI --quality-uri URI --preference-uri URI
+    musicrl triton export --out DIR [--model URI] [--preference-uri URI]   # a Triton model repository
+    musicrl serve triton --repository DIR   # tritonserver over it (the local install from make setup)
     musicrl score --reward NAME --model URI --prompt TEXT (--audio clip.wav | --codes clip.npy)
     musicrl train quality --snapshot-url URL --out-url URL
     musicrl train preference --snapshot-url URL --init-uri POLICY_URI --out-url URL
@@ -58,6 +60,7 @@ from musicrl.rollout.cli_commands import add_rollout_commands
 from musicrl.rollout.config import ControllerConfig
 from musicrl.settings import add_config_flags, config_from
 from musicrl.toyworld.cli_commands import add_toyworld_commands
+from musicrl.triton.cli_commands import add_serve_triton, add_triton_commands
 
 
 logger = logging.getLogger("musicrl")
@@ -105,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     rewards = servers.add_parser("rewards", help="the reward models over the V2 inference protocol")
     add_config_flags(rewards, RewardServiceConfig)
     rewards.set_defaults(command=_serve_rewards)
+    add_serve_triton(servers)
 
     score = commands.add_parser("score", help="score one clip with one reward")
     score.add_argument("--reward", required=True, help="text-adherence, quality, preference, low-codes, loudness")
@@ -169,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_commands(commands)
     add_rollout_commands(commands)
     add_toyworld_commands(commands)
+    add_triton_commands(commands)
     add_demo_command(commands)
     return parser
 

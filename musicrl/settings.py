@@ -89,6 +89,11 @@ def _parse_value(leaf: _Leaf, raw: str, source: str) -> Any:
         raise InvalidRequest(f"{source}: expected {leaf.type.__name__}, got {raw!r}") from e
 
 
+def env_names(cls: type, env_prefix: str = "MUSICRL_") -> list[str]:
+    """The environment variables :func:`config_from` reads for ``cls``, in field order."""
+    return [env_prefix + leaf.name.upper() for leaf in _checked_leaves(cls)]
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one kebab-case flag per leaf field of the config dataclass ``cls``.
 

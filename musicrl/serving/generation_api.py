@@ -225,15 +225,9 @@ def build_generation_response(
                 f"of {max_message_bytes / 2**20:.1f} MiB; ask for fewer or shorter clips, or use REST"
             )
         audio_format = AudioFormat.URI
-    if audio_format is AudioFormat.URI and clip_store is None:
-        raise InvalidRequest("audio_format 'uri' needs a clip store, and this server has none configured")
-    tensors = _output_arrays(clips, audio_format, clip_store)
-    names = call.outputs or tuple(n for n in OUTPUTS if n in tensors)
-    missing = [n for n in names if n not in tensors]
-    if missing:
-        raise InvalidRequest(f"output(s) {missing} are not produced with audio_format {audio_format.value!r}")
+    arrays = reply_arrays(call, clips, audio_format, clip_store)
     binary = payload.use_binary_outputs
-    outputs: list[InferOutput] = [v2.output_tensor(n, tensors[n][0], tensors[n][1], binary) for n in names]
+    outputs: list[InferOutput] = [v2.output_tensor(n, a, datatype, binary) for n, (a, datatype) in arrays.items()]
     return InferResponse(
         response_id=payload.id or str(uuid.uuid4()),  # tritonclient fails on a null id
         model_name=model_name,
@@ -241,6 +235,24 @@ def build_generation_response(
         use_binary_outputs=binary,
         requested_outputs=payload.request_outputs,
     )
+
+
+def reply_arrays(
+    call: GenerationCall, clips: Sequence[GeneratedClip], audio_format: AudioFormat, clip_store: ClipStore | None
+) -> dict[str, tuple[np.ndarray, str]]:
+    """The reply's outputs, name → (array, V2 datatype), in reply order: those asked for, else all produced.
+
+    Raises:
+        InvalidRequest: ``uri`` mode without a clip store, or an output the audio format does not produce.
+    """
+    if audio_format is AudioFormat.URI and clip_store is None:
+        raise InvalidRequest("audio_format 'uri' needs a clip store, and this server has none configured")
+    tensors = _output_arrays(clips, audio_format, clip_store)
+    names = call.outputs or tuple(n for n in OUTPUTS if n in tensors)
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise InvalidRequest(f"output(s) {missing} are not produced with audio_format {audio_format.value!r}")
+    return {n: tensors[n] for n in names}
 
 
 def _reply_bytes(clips: Sequence[GeneratedClip], audio_format: AudioFormat) -> int:

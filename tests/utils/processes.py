@@ -173,3 +173,33 @@ class RestartableService:
         """Every run's output, in order."""
         runs = range(1, self.runs + 1)
         return "\n".join((self.log_dir / f"{self.name}-{i}.log").read_text(errors="replace") for i in runs)
+
+
+def export_triton_repository(out: Path, env: Mapping[str, str], args: Sequence[str] = ()) -> Path:
+    """``musicrl triton export --out out ARGS`` with MUSICRL_* settings in ``env`` (a subprocess: the export
+    reads the contract from the KServe modules, which must not be imported beside tritonclient.grpc)."""
+    subprocess.run(
+        [sys.executable, "-m", "musicrl", "triton", "export", "--out", str(out), *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+@contextlib.contextmanager
+def triton_server(repository: Path, log_dir: Path, timeout_s: float = 240) -> Iterator[ServiceProcess]:
+    """``musicrl serve triton`` over ``repository`` (the local install) until every model is ready; stop it after."""
+    http_port, grpc_port = free_port(), free_port()
+    log_path = log_dir / f"tritonserver-{http_port}.log"
+    ports = ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", "0"]
+    command = [sys.executable, "-m", "musicrl", "serve", "triton", "--repository", str(repository), *ports]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    service = ServiceProcess(process, http_port, grpc_port, log_path)
+    try:
+        wait_for_url(service, f"http://{service.http_url}/v2/health/ready", timeout_s)  # strict: every model
+        yield service
+    finally:
+        stop_process(process, timeout_s=30)

@@ -1,0 +1,1 @@
+"""The platform's models as a Triton Inference Server model repository, and a local tritonserver to serve it."""
