@@ -1,0 +1,76 @@
+"""The generator on Triton against the same generator on our KServe server, in audio-seconds per wall-second.
+
+Both serve the mid-size policy of ``bench/generation_throughput.py`` with the same engine, and the same
+clients (tritonclient over HTTP, each sending one-prompt requests back to back) load each at 1, 4 and 16
+concurrent clients, in one run. Our server micro-batches concurrent requests into one decode batch (max 16);
+the Triton model decodes each request's prompts together but takes requests one at a time
+(``max_batch_size`` 0, see ``musicrl.triton.repository``), so the ratio says what that costs under load.
+
+    python bench/triton_throughput.py [--duration 1.0] [--requests-per-client 2]
+"""
+
+import argparse
+import concurrent.futures
+import contextlib
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from generation_throughput import MID_SIZE, _client_loop  # noqa: E402
+
+from tests.utils.processes import ServiceProcess, export_triton_repository, model_server, triton_server  # noqa: E402
+
+
+CLIENTS = (1, 4, 16)
+
+
+@contextlib.contextmanager
+def runtime(name: str, logs: Path) -> Iterator[ServiceProcess]:
+    logs.mkdir(parents=True, exist_ok=True)
+    settings = {"MUSICRL_MODEL_URI": MID_SIZE, "MUSICRL_MAX_BATCH_SIZE": "16", "MUSICRL_MAX_QUEUE_DELAY_MS": "20"}
+    if name == "kserve":
+        with model_server("services.generator", settings, logs, "generator", timeout_s=180) as server:
+            yield server
+        return
+    generator_only = ["--text-adherence-uri", "", "--quality-uri", ""]
+    repository = export_triton_repository(logs / "repository", settings, generator_only)
+    with triton_server(repository, logs) as server:
+        yield server
+
+
+def throughput(name: str, duration_s: float, per_client: int, logs: Path) -> dict[int, float]:
+    results = {}
+    with runtime(name, logs) as server:
+        _client_loop(server.http_url, duration_s, 1, 0)  # warm-up
+        for n in CLIENTS:
+            start = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(n) as pool:
+                seconds = sum(pool.map(lambda c: _client_loop(server.http_url, duration_s, per_client, c), range(n)))
+            results[n] = seconds / (time.perf_counter() - start)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=1.0, help="seconds per clip")
+    parser.add_argument("--requests-per-client", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        kserve = throughput("kserve", args.duration, args.requests_per_client, Path(tmp) / "kserve")
+        triton = throughput("triton", args.duration, args.requests_per_client, Path(tmp) / "triton")
+    print(f"model: {MID_SIZE}, clip: {args.duration} s\n")
+    print("generator throughput (audio-s per wall-s): Triton against our KServe server (micro-batching, max 16)")
+    for n in CLIENTS:
+        print(
+            f"  {n:2d} clients: triton {triton[n]:6.2f}  kserve {kserve[n]:6.2f}  ratio {triton[n] / kserve[n]:5.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
