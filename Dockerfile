@@ -108,6 +108,19 @@ ENV MUSICRL_CACHE_DIR=/home/musicrl/.cache/musicrl \
 EXPOSE 8080 8081
 ENTRYPOINT ["python", "-m", "services.generator"]
 
+# tritonserver (the nvidia-pytriton wheel's binary) over the same venv: the Triton runtime of the chart
+FROM serving-deps AS triton-deps
+RUN python -m musicrl.triton.install --home /opt/triton
+
+FROM base AS triton
+COPY --from=triton-deps /opt/venv /opt/venv
+COPY --from=triton-deps /opt/triton /opt/triton
+USER 10001:10001
+ENV MUSICRL_CACHE_DIR=/home/musicrl/.cache/musicrl \
+    MUSICRL_TRITON_HOME=/opt/triton
+EXPOSE 8080 8081 8082
+ENTRYPOINT ["musicrl", "serve", "triton", "--host", "0.0.0.0"]
+
 FROM base AS rewards
 COPY --from=serving-deps /opt/venv /opt/venv
 USER 10001:10001

@@ -62,9 +62,10 @@ def install(home: Path) -> None:
 
 
 def _system_python() -> str:
-    """The system's interpreter of this Python version: the one whose libpython the stub links."""
+    """The interpreter of this Python version whose libpython the stub links: the system's (Debian's, in
+    /usr/bin) where there is one, else this venv's base interpreter (an official Python image's, built shared)."""
     name = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    found = shutil.which(name, path=SYSTEM_BIN)
+    found = shutil.which(name, path=SYSTEM_BIN) or getattr(sys, "_base_executable", None)
     if found is None:
         raise SystemExit(f"tritonserver's Python backend needs the system's {name}: apt-get install {name}-venv")
     return found

@@ -5,6 +5,7 @@ the gateway's FastAPI routes and KServe's V2 router, not against a list kept her
 import dataclasses
 import importlib.util
 import re
+import shlex
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from musicrl.gateway.config import GatewayConfig
 from musicrl.recorder.config import RecorderConfig
 from musicrl.rollout.config import ControllerConfig
 from musicrl.settings import config_from
+from musicrl.triton.config import TritonExportConfig, TritonServeConfig
 from tests.unit.chart.rendering import MATRIX, REPO_ROOT, Rendered, pod_spec, render, render_case, with_values
 from tests.utils import kserve_models
 
@@ -196,6 +198,10 @@ def test_model_servers(case: str) -> None:
             model = predictor["model"]
             (runtime_container,) = runtimes[model["runtime"]]["spec"]["containers"]
             is_generator = isvc["metadata"]["labels"]["app.kubernetes.io/component"] == "generator"
+            if runtime_container["image"].split("/")[-1].startswith("musicrl-triton"):
+                assert_triton_runtime(runtime_container, container_env(rendered, runtime_container, model), v2_paths)
+                checked += 1
+                continue
             cls, module = (
                 (GeneratorServiceConfig, "services.generator")
                 if is_generator
@@ -216,6 +222,31 @@ def test_model_servers(case: str) -> None:
                 assert isvc["metadata"]["name"].endswith(next(iter(config.models())))
             checked += 1
     assert checked >= 1
+
+
+def assert_triton_runtime(container: dict[str, Any], env: dict[str, str], v2_paths: set[str]) -> None:
+    """The Triton runtime's script: its export and serve commands parse with the real CLI, on KServe's ports."""
+    assert container["command"] == ["/bin/sh", "-c"]
+    commands = [
+        shlex.split(line.strip().removeprefix("exec ").split(" || ")[0])
+        for (script,) in [container["args"]]
+        for line in script.splitlines()
+        if "musicrl " in line
+    ]
+    export_args, serve_args = (build_parser().parse_args(c[1:]) for c in commands)
+    export = config_from(TritonExportConfig, args=export_args, environ=env)
+    serve = config_from(TritonServeConfig, args=serve_args, environ=env)
+    assert export.model_uri == "/mnt/models" and export.text_adherence_uri is None and export.quality_uri is None
+    assert serve.repository == export.out and serve.host == "0.0.0.0"
+    assert named_port(container, "http1") == serve.http_port == 8080 and serve.grpc_port == 8081
+    known = leaf_names(GeneratorServiceConfig) | leaf_names(TritonExportConfig) | leaf_names(TritonServeConfig)
+    for name in env:
+        if name.startswith("MUSICRL_"):  # the export copies the generator's settings into the repository
+            assert name.removeprefix("MUSICRL_").lower() in known or _read_by_name(name), f"triton: {name}"
+        else:
+            assert name in THIRD_PARTY_ENV, f"triton: nothing reads {name}"
+    config_from(GeneratorServiceConfig, environ={**env, "MUSICRL_MODEL_URI": export.model_uri})  # what the stub reads
+    assert probe_paths(container) <= v2_paths
 
 
 def test_gateway_and_rollout_agree_on_the_generator() -> None:

@@ -116,6 +116,10 @@ FAILS = {
         {"gateway__httpRoute__enabled": True},
         "gateway.httpRoute.enabled is true but gateway.httpRoute.parentRefs is empty",
     ),
+    "a Triton runtime under another model name": (
+        {"generator__runtime__kind": "triton", "generator__modelName": "policy"},
+        'generator.runtime.kind triton serves the model as "generator"',
+    ),
     "an existing runtime without its name": (
         {"generator__runtime__create": False},
         "generator.runtime.create is false but generator.runtime.name is empty",
