@@ -5,8 +5,12 @@ What both runtimes promise is in test_generator_contract.py; these are the KServ
 
 import concurrent.futures
 import io
+import os
 import re
 import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -22,7 +26,7 @@ from musicrl.models.checkpoint import CheckpointMetadata, save_checkpoint
 from musicrl.models.engine import GenerationEngine
 from musicrl.models.tiny import TinyMusicgenSpec, build_tiny_musicgen
 from musicrl.toyworld.probes import PITCH_EDGES_HZ, fundamental_hz
-from tests.utils.processes import model_server
+from tests.utils.processes import REPO_ROOT, free_port, model_server, stop_process
 from tests.utils.v2_inputs import numbers, prompts
 
 
@@ -211,15 +215,55 @@ def test_sigterm_stops_the_server_cleanly(tmp_path):
 
 def test_the_toy_policy_is_served_and_its_prompts_set_the_pitch_the_probes_hear(tmp_path):
     env = {"MUSICRL_MODEL_URI": "toy://musicgen", "MUSICRL_DURATION_S": "2"}
-    prompts = [b"a low, dark drone", b"a high, bright drone"]
+    texts = [b"a low, dark drone", b"a high, bright drone"]
     with model_server("services.generator", env, tmp_path, "generator") as server:
         client = httpclient.InferenceServerClient(server.http_url, network_timeout=120)
-        result = client.infer("generator", [prompts(httpclient, prompts)], parameters={"seed": 4})
+        result = client.infer("generator", [prompts(httpclient, texts)], parameters={"seed": 4})
         client.close()
     _, expected = GenerationEngine.from_uri("toy://musicgen").generate(
-        [p.decode() for p in prompts], SamplingParams(duration_s=2.0), seeds=[4, 5]
+        [p.decode() for p in texts], SamplingParams(duration_s=2.0), seeds=[4, 5]
     )
     assert np.array_equal(result.as_numpy("codes"), expected.numpy())  # a request seed s gives row i seed s + i
     assert result.as_numpy("sample_rate").tolist() == [16_000, 16_000]
     low, high = (fundamental_hz(row, 16_000) for row in result.as_numpy("audio"))
     assert low < PITCH_EDGES_HZ[0] < PITCH_EDGES_HZ[1] < high, (low, high)
+
+
+def test_the_warm_up_runs_before_the_server_reports_ready(tmp_path):
+    env = {**SERVER_ENV, "MUSICRL_WARMUP_DURATION_S": "3"}  # long enough to be seen from outside
+    http_port, grpc_port = free_port(), free_port()
+    log_path = tmp_path / "generator.log"
+    full_env = {
+        **os.environ,
+        **env,
+        "MUSICRL_HOST": "127.0.0.1",
+        "MUSICRL_HTTP_PORT": str(http_port),
+        "MUSICRL_GRPC_PORT": str(grpc_port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.generator"], cwd=REPO_ROOT, env=full_env, stdout=log, stderr=log
+        )
+    url = f"http://127.0.0.1:{http_port}/v2/models/generator/ready"
+    not_ready_while_up = 0
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log_path.read_text()
+            try:
+                status = requests.get(url, timeout=2).status_code
+            except requests.ConnectionError:
+                time.sleep(0.05)
+                continue
+            if status == 200:
+                # the warm-up takes about a second: a server that warmed up after turning ready has not logged it yet
+                assert "warmed up with a 3.00 s clip" in log_path.read_text(), "ready before the warm-up was done"
+                break
+            not_ready_while_up += 1
+            time.sleep(0.05)
+        else:
+            raise TimeoutError(log_path.read_text())
+    finally:
+        stop_process(process, timeout_s=20)
+    assert not_ready_while_up > 0  # the server was up and said "not ready" while it warmed up
