@@ -163,6 +163,8 @@ class GeneratorServiceConfig:
         limits: Request limits.
         engine: Device and precision.
         defaults: Sampling parameters used when a request does not set them.
+        warmup_duration_s: Length of the clip generated before the server reports ready, so that the first
+            request does not pay for lazy initialisation (allocator growth, kernel selection); 0 skips it.
     """
 
     model_uri: str = field(metadata={"flag": "--model", "help": "model URI to serve"})
@@ -173,8 +175,14 @@ class GeneratorServiceConfig:
     limits: GenerationLimits = field(default_factory=GenerationLimits)
     engine: EngineConfig = field(default_factory=EngineConfig)
     defaults: SamplingParams = field(default_factory=SamplingParams)
+    warmup_duration_s: float = 0.5  # every layer and the codec run once; a second is a few steps on a GPU
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.warmup_duration_s) and 0 <= self.warmup_duration_s <= self.limits.max_duration_s):
+            raise InvalidRequest(
+                f"warmup_duration_s must lie in [0, max_duration_s={self.limits.max_duration_s}], "
+                f"got {self.warmup_duration_s}"
+            )
         if not self.model_uri:
             raise InvalidRequest("model_uri is required (for example tiny://musicgen?seed=0)")
         if self.defaults.duration_s > self.limits.max_duration_s:

@@ -15,6 +15,7 @@ The decode loop follows MusicGen (Copet et al. 2023):
 """
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -334,3 +335,16 @@ class GenerationEngine:
         real = in_window(position, rows.frames, self.num_codebooks)  # [A, K]
         start = torch.full_like(tokens, self.start_token_id)
         batch.tokens[rows.active, :, position] = torch.where(real, tokens, start)
+
+
+def warm_up(engine: GenerationEngine, duration_s: float) -> None:
+    """Generate one clip of ``duration_s`` seconds and log how long it took (nothing for 0).
+
+    A server calls it before reporting ready: the first decode pays for lazy initialisation (the allocator
+    growing, kernels being chosen, on a GPU the CUDA context), which would otherwise fall on the first user.
+    """
+    if duration_s <= 0:
+        return
+    started = time.perf_counter()
+    engine.generate_batch([GenerationRequest("warm-up", SamplingParams(duration_s=duration_s), seed=0)])
+    logger.info("warmed up with a %.2f s clip in %.2f s", duration_s, time.perf_counter() - started)

@@ -91,10 +91,11 @@ class GeneratorModel(_V2Model):
     def initialize(self, args: Mapping[str, str]) -> None:
         super().initialize(args)
         from musicrl.data.clips import ClipStore
-        from musicrl.models.engine import GenerationEngine
+        from musicrl.models.engine import GenerationEngine, warm_up
 
         self.config = config_from(GeneratorServiceConfig, environ=self.settings)
         self.engine = GenerationEngine.from_uri(self.config.model_uri, self.config.engine)
+        warm_up(self.engine, self.config.warmup_duration_s)  # Triton reports ready once initialize returns
         self.clip_store = ClipStore(self.config.clip_store_url) if self.config.clip_store_url else None
         logger.info("%s serves %s", self.name, self.config.model_uri)
 

@@ -6,7 +6,7 @@ from typing import Any
 from musicrl.config import GeneratorServiceConfig
 from musicrl.data.clips import ClipStore
 from musicrl.errors import ModelNotReady
-from musicrl.models.engine import GeneratedClip, GenerationEngine, GenerationRequest
+from musicrl.models.engine import GeneratedClip, GenerationEngine, GenerationRequest, warm_up
 from musicrl.serving import generation_api, metrics
 from musicrl.serving.batcher import MicroBatcher
 from musicrl.serving.errors import served
@@ -27,6 +27,7 @@ class GeneratorModel(Model):
         # built on the torch thread, where the batches will run too
         build = functools.partial(GenerationEngine.from_uri, self.config.model_uri, self.config.engine)
         engine = torch_executor().submit(build).result()
+        torch_executor().submit(warm_up, engine, self.config.warmup_duration_s).result()  # before ready
         self.batcher = MicroBatcher(engine.generate_batch, self.config.batching, self.name)
         self.ready = True
         return self.ready

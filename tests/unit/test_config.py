@@ -67,6 +67,12 @@ INVALID: list[tuple[type, dict[str, Any], str]] = [
         ),
         r"the default duration_s \(20\) exceeds max_duration_s \(10\); lower one or raise the other",
     ),
+    (
+        GeneratorServiceConfig,
+        dict(model_uri="tiny://musicgen", warmup_duration_s=31.0),
+        r"warmup_duration_s must lie in \[0, max_duration_s=30.0\], got 31.0",
+    ),
+    (GeneratorServiceConfig, dict(model_uri="x", warmup_duration_s=NAN), r"warmup_duration_s must lie in"),
     # BusConfig
     (BusConfig, dict(nats_url=""), r"nats_url is required"),
     (BusConfig, dict(nats_url="nats://x", replicas=2), r"replicas must be 1, 3 or 5"),
