@@ -16,7 +16,7 @@ SHORT = {
     # at 0.2 and 80 votes a canary the panel preferred 62% and 63% of the time was rolled back undecided in both
     # rounds of one run (E 2.9 and 4.8 against 20): a more decisive panel, and room for the test to decide
     "listener_temperature": 0.15,
-    "canary_comparisons": 140,
+    "canary_comparisons": 150,  # about 127 counted votes: max_votes must fit in them (DemoConfig)
     "rl_steps": 15,
     "rating_share": 0.35,
     "min_votes": 20,
