@@ -74,14 +74,19 @@ def server_throughput(max_batch: int, clients: list[int], duration_s: float, per
         "MUSICRL_MAX_QUEUE_DELAY_MS": "20",
         "MUSICRL_ENABLE_GRPC": "false",
     }
-    results = {}
     with model_server("services.generator", env, log_dir, "generator", timeout_s=180) as server:
-        _client_loop(server.http_url, duration_s, 1, 0)  # warm-up
-        for n in clients:
-            start = time.perf_counter()
-            with concurrent.futures.ThreadPoolExecutor(n) as pool:
-                seconds = sum(pool.map(lambda c: _client_loop(server.http_url, duration_s, per_client, c), range(n)))
-            results[n] = seconds / (time.perf_counter() - start)
+        return client_throughput(server.http_url, clients, duration_s, per_client)
+
+
+def client_throughput(url: str, clients: list[int], duration_s: float, per_client: int) -> dict[int, float]:
+    """Audio-seconds per second the server at ``url`` delivers to each number of concurrent clients."""
+    results = {}
+    _client_loop(url, duration_s, 1, 0)  # warm-up
+    for n in clients:
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            seconds = sum(pool.map(lambda c: _client_loop(url, duration_s, per_client, c), range(n)))
+        results[n] = seconds / (time.perf_counter() - start)
     return results
 
 

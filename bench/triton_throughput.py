@@ -10,11 +10,9 @@ the Triton model decodes each request's prompts together but takes requests one 
 """
 
 import argparse
-import concurrent.futures
 import contextlib
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generation_throughput import MID_SIZE, _client_loop  # noqa: E402
+from generation_throughput import MID_SIZE, client_throughput  # noqa: E402
 
 from tests.utils.processes import ServiceProcess, export_triton_repository, model_server, triton_server  # noqa: E402
 
@@ -45,15 +43,8 @@ def runtime(name: str, logs: Path) -> Iterator[ServiceProcess]:
 
 
 def throughput(name: str, duration_s: float, per_client: int, logs: Path) -> dict[int, float]:
-    results = {}
     with runtime(name, logs) as server:
-        _client_loop(server.http_url, duration_s, 1, 0)  # warm-up
-        for n in CLIENTS:
-            start = time.perf_counter()
-            with concurrent.futures.ThreadPoolExecutor(n) as pool:
-                seconds = sum(pool.map(lambda c: _client_loop(server.http_url, duration_s, per_client, c), range(n)))
-            results[n] = seconds / (time.perf_counter() - start)
-    return results
+        return client_throughput(server.http_url, list(CLIENTS), duration_s, per_client)
 
 
 def main() -> None:

@@ -5,11 +5,8 @@ What both runtimes promise is in test_generator_contract.py; these are the KServ
 
 import concurrent.futures
 import io
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -26,7 +23,7 @@ from musicrl.models.checkpoint import CheckpointMetadata, save_checkpoint
 from musicrl.models.engine import GenerationEngine
 from musicrl.models.tiny import TinyMusicgenSpec, build_tiny_musicgen
 from musicrl.toyworld.probes import PITCH_EDGES_HZ, fundamental_hz
-from tests.utils.processes import REPO_ROOT, free_port, model_server, stop_process
+from tests.utils.processes import model_server, spawn_model_server, stop_process
 from tests.utils.v2_inputs import numbers, prompts
 
 
@@ -231,26 +228,13 @@ def test_the_toy_policy_is_served_and_its_prompts_set_the_pitch_the_probes_hear(
 
 def test_the_warm_up_runs_before_the_server_reports_ready(tmp_path):
     env = {**SERVER_ENV, "MUSICRL_WARMUP_DURATION_S": "3"}  # long enough to be seen from outside
-    http_port, grpc_port = free_port(), free_port()
-    log_path = tmp_path / "generator.log"
-    full_env = {
-        **os.environ,
-        **env,
-        "MUSICRL_HOST": "127.0.0.1",
-        "MUSICRL_HTTP_PORT": str(http_port),
-        "MUSICRL_GRPC_PORT": str(grpc_port),
-        "PYTHONUNBUFFERED": "1",
-    }
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.generator"], cwd=REPO_ROOT, env=full_env, stdout=log, stderr=log
-        )
-    url = f"http://127.0.0.1:{http_port}/v2/models/generator/ready"
+    server = spawn_model_server("services.generator", env, tmp_path)
+    url = f"http://{server.http_url}/v2/models/generator/ready"
     not_ready_while_up = 0
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            assert process.poll() is None, log_path.read_text()
+            assert server.process.poll() is None, server.log()
             try:
                 status = requests.get(url, timeout=2).status_code
             except requests.ConnectionError:
@@ -258,12 +242,12 @@ def test_the_warm_up_runs_before_the_server_reports_ready(tmp_path):
                 continue
             if status == 200:
                 # the warm-up takes about a second: a server that warmed up after turning ready has not logged it yet
-                assert "warmed up with a 3.00 s clip" in log_path.read_text(), "ready before the warm-up was done"
+                assert "warmed up with a 3.00 s clip" in server.log(), "ready before the warm-up was done"
                 break
             not_ready_while_up += 1
             time.sleep(0.05)
         else:
-            raise TimeoutError(log_path.read_text())
+            raise TimeoutError(server.log())
     finally:
-        stop_process(process, timeout_s=20)
+        stop_process(server.process, timeout_s=20)
     assert not_ready_while_up > 0  # the server was up and said "not ready" while it warmed up

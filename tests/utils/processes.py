@@ -52,6 +52,16 @@ def model_server(
     timeout_s: float = 60,
 ) -> Iterator[ServiceProcess]:
     """Run ``python -m <module> <args>`` with MUSICRL_* settings in ``env`` until the model is ready; stop it after."""
+    service = spawn_model_server(module, env, log_dir, args)
+    try:
+        _wait_ready(service, ready_model, timeout_s)
+        yield service
+    finally:
+        stop_process(service.process, timeout_s=20)
+
+
+def spawn_model_server(module: str, env: Mapping[str, str], log_dir: Path, args: Sequence[str] = ()) -> ServiceProcess:
+    """Start ``python -m <module> <args>`` on free loopback ports and return at once (the caller stops it)."""
     http_port, grpc_port = free_port(), free_port()
     log_path = log_dir / f"{module.replace('.', '_')}-{http_port}.log"
     full_env = {
@@ -66,12 +76,7 @@ def model_server(
         process = subprocess.Popen(
             [sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
         )
-    service = ServiceProcess(process, http_port, grpc_port, log_path)
-    try:
-        _wait_ready(service, ready_model, timeout_s)
-        yield service
-    finally:
-        stop_process(process, timeout_s=20)
+    return ServiceProcess(process, http_port, grpc_port, log_path)
 
 
 def _wait_ready(service: ServiceProcess, model: str, timeout_s: float) -> None:
