@@ -13,14 +13,12 @@ SHORT = {
     # 120 comparisons trained a preference model near chance in two of three first rounds (test accuracy 0.29
     # and 0.50 on ~15 pairs, against 0.73); a round starts from more, judged by a more decisive panel
     "comparisons": 160,
-    # at 0.2 and 80 votes a canary the panel preferred 62% and 63% of the time was rolled back undecided in both
-    # rounds of one run (E 2.9 and 4.8 against 20): a more decisive panel, and room for the test to decide
-    "listener_temperature": 0.15,
-    "canary_comparisons": 150,  # about 127 counted votes: max_votes must fit in them (DemoConfig)
+    "listener_temperature": 0.2,
+    "canary_comparisons": 100,
     "rl_steps": 15,
     "rating_share": 0.35,
     "min_votes": 20,
-    "max_votes": 120,
+    "max_votes": 80,
     "validation_fraction": 0.2,  # at 0.1, ~8 validation pairs ranked the epochs, and once none beat chance
     "measure_prompts": 32,  # 12 gave an interval of ±0.5 octave on a gain of 0.4; 32 gives about ±0.3
 }
