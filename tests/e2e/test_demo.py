@@ -22,7 +22,8 @@ from musicrl.v1 import events_pb2
 from tests.utils.demo import short_demo
 
 
-pytestmark = pytest.mark.slow
+# two rounds take ~7 min alone and ~9 under CI's load; the module fixture runs inside the first test's limit
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
