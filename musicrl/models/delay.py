@@ -9,10 +9,15 @@ Sampling (the engine), likelihoods (the RL trainer) and the preference model all
 import torch
 
 
-def in_window(position: int, frames: torch.Tensor, num_codebooks: int) -> torch.Tensor:
-    """Which codebooks hold a real token at ``position``: bool [B, K] for clips of ``frames`` [B] frames."""
+def in_window(position: int | torch.Tensor, frames: torch.Tensor, num_codebooks: int) -> torch.Tensor:
+    """Which codebooks hold a real token at ``position``: bool [B, K] for clips of ``frames`` [B] frames.
+
+    ``position`` is one for every clip, or one per clip (int64 [B]) when the clips are at different steps.
+    """
     codebook = torch.arange(num_codebooks, device=frames.device)  # [K]
-    return (position >= codebook + 1) & (position <= codebook + frames[:, None])  # [B, K]
+    # a Python int stays one: making it a device tensor would copy to the device, and wait, every step
+    at = position[:, None] if isinstance(position, torch.Tensor) else position  # [B, 1] or a scalar
+    return (at >= codebook + 1) & (at <= codebook + frames[:, None])  # [B, K]
 
 
 def window_mask(frames: torch.Tensor, num_codebooks: int, length: int) -> torch.Tensor:

@@ -73,8 +73,8 @@ class GeneratedClip:
 
 
 @dataclass(slots=True)
-class _Batch:
-    """Per-row state of one decode loop, on the model's device; rows are indexed by request position."""
+class DecodeState:
+    """Per-request state of one decode loop, on the model's device; rows are indexed by request position."""
 
     frames: torch.Tensor  # int64 [B]: T per row
     temperature: torch.Tensor  # float32 [B]
@@ -87,7 +87,7 @@ class _Batch:
 
 
 @dataclass(frozen=True, slots=True)
-class _Rows:
+class DecoderRows:
     """The decoder's batch: a conditional row per active request, then unconditional rows for guided ones."""
 
     active: torch.Tensor  # int64 [A]: request index of each conditional row
@@ -215,20 +215,20 @@ class GenerationEngine:
         """
         if not requests:
             raise InvalidRequest("at least one prompt is required")
-        batch = self._prepare(requests)
+        batch = self.prepare(requests)
         steps = [f + self.num_codebooks - 1 for f in batch.frames.tolist()]  # the delay pattern adds K - 1 steps
-        rows = self._rows(batch, torch.arange(len(requests), device=self.device))
+        rows = self.decoder_rows(batch, torch.arange(len(requests), device=self.device))
         cache = None
         for step in range(max(steps)):
-            logits, cache = self._decoder_step(batch, rows, step, cache)  # [A, K, V]
+            logits, cache = self.decoder_step(batch, rows, step, cache)  # [A, K, V]
             tokens = sample_tokens(logits, rows.temperature, rows.top_k, batch.uniforms[rows.active, step])  # [A, K]
-            self._write_delayed(batch, rows, step + 1, tokens)
+            self.write_delayed(batch, rows, step + 1, tokens)
             if on_step is not None:
                 on_step(step + 1, max(steps))
             if step + 1 in steps and step + 1 < max(steps):  # some requests are complete: drop their rows
                 finished = rows.steps == step + 1  # [A]
                 cache.batch_select_indices(self._kept_decoder_rows(rows, finished))
-                rows = self._rows(batch, rows.active[~finished])
+                rows = self.decoder_rows(batch, rows.active[~finished])
         grid = batch.tokens.cpu()
         return [undelay(grid[b], int(batch.frames[b])) for b in range(len(requests))]
 
@@ -254,7 +254,15 @@ class GenerationEngine:
                 audio[index] = values[row]
         return [a for a in audio if a is not None]
 
-    def _prepare(self, requests: Sequence[GenerationRequest]) -> _Batch:
+    def prepare(self, requests: Sequence[GenerationRequest]) -> DecodeState:
+        """The decode state of ``requests``: prompts encoded, noise drawn, grids at the start token.
+
+        This and :meth:`decoder_rows`, :meth:`decoder_step` and :meth:`write_delayed` are the steps of a
+        decode loop, shared by :meth:`sample_codes` and :class:`musicrl.models.continuous.ContinuousBatch`.
+
+        Raises:
+            InvalidRequest: A clip longer than the model's positions allow.
+        """
         device = self.device
         frames = torch.tensor([self.frames_for(r.params.duration_s) for r in requests], device=device)
         max_position = int(frames.max()) + self.num_codebooks
@@ -268,7 +276,7 @@ class GenerationEngine:
         )  # [B, K, L]
         # every row draws noise for the longest row's steps: a prefix of its own stream, so unaffected by it
         uniforms = torch.stack([draw_uniforms(r.seed, max_position - 1, self.num_codebooks) for r in requests])
-        return _Batch(
+        return DecodeState(
             frames=frames,
             temperature=torch.tensor([r.params.temperature for r in requests], dtype=torch.float32, device=device),
             top_k=torch.tensor([r.params.top_k for r in requests], dtype=torch.long, device=device),
@@ -283,7 +291,7 @@ class GenerationEngine:
         """T5 states projected to the decoder width and zeroed at padding: [B, S, D], mask int64 [B, S]."""
         return encode_prompts(self.model, self.bundle.tokenizer, prompts, self.config.max_prompt_tokens)
 
-    def _rows(self, batch: _Batch, active: torch.Tensor) -> _Rows:
+    def decoder_rows(self, batch: DecodeState, active: torch.Tensor) -> DecoderRows:
         """The decoder batch for the ``active`` requests (recomputed only when requests finish)."""
         guided = torch.nonzero(batch.guidance[active] > 1).flatten()  # [G]
         index = torch.cat([active, active[guided]])  # [R]
@@ -291,7 +299,7 @@ class GenerationEngine:
         mask = batch.text_mask[index]  # [R, S]
         states[len(active) :] = 0  # the unconditional prompt: zero states under a zero mask, as MusicGen
         mask[len(active) :] = 0
-        return _Rows(
+        return DecoderRows(
             active=active,
             guided=guided,
             index=index,
@@ -304,10 +312,14 @@ class GenerationEngine:
             guidance_scale=batch.guidance[active[guided]],
         )
 
-    def _decoder_step(
-        self, batch: _Batch, rows: _Rows, step: int, cache: EncoderDecoderCache | None
+    def decoder_step(
+        self, batch: DecodeState, rows: DecoderRows, step: int, cache: EncoderDecoderCache | None
     ) -> tuple[torch.Tensor, EncoderDecoderCache]:
-        """Feed position ``step`` of every active row; return guided float32 logits [A, K, V] and the cache."""
+        """Feed position ``step`` of every active row; return guided float32 logits [A, K, V] and the cache.
+
+        Every row is at the same position: the loop of :meth:`sample_codes`, and the first step of requests
+        joining a :class:`~musicrl.models.continuous.ContinuousBatch`.
+        """
         input_ids = batch.tokens[rows.index, :, step]  # [R, K]
         out = self.model.decoder(
             input_ids=input_ids.reshape(-1, 1),  # [R * K, 1]: the decoder folds K into the batch
@@ -324,14 +336,15 @@ class GenerationEngine:
         return cond, out.cache
 
     @staticmethod
-    def _kept_decoder_rows(rows: _Rows, finished: torch.Tensor) -> torch.Tensor:
+    def _kept_decoder_rows(rows: DecoderRows, finished: torch.Tensor) -> torch.Tensor:
         """Decoder rows (conditional, then unconditional) of the requests that are not ``finished`` [A]."""
         keep_cond = torch.nonzero(~finished).flatten()
         keep_uncond = len(rows.active) + torch.nonzero(~finished[rows.guided]).flatten()
         return torch.cat([keep_cond, keep_uncond])
 
-    def _write_delayed(self, batch: _Batch, rows: _Rows, position: int, tokens: torch.Tensor) -> None:
-        """Store sampled tokens at ``position``, keeping the start token outside each codebook's window."""
+    def write_delayed(self, batch: DecodeState, rows: DecoderRows, position: int, tokens: torch.Tensor) -> None:
+        """Store sampled tokens at ``position`` of the active rows, keeping the start token outside each
+        codebook's window."""
         real = in_window(position, rows.frames, self.num_codebooks)  # [A, K]
         start = torch.full_like(tokens, self.start_token_id)
         batch.tokens[rows.active, :, position] = torch.where(real, tokens, start)
