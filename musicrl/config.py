@@ -77,6 +77,9 @@ class ServerConfig:
         grpc_max_message_bytes: Largest gRPC message sent or received.
         torch_threads: torch's intra-op threads; 0 takes ``OMP_NUM_THREADS`` if set, else the CPUs the
             container's quota allows (not the node's core count).
+        shutdown_grace_s: After SIGTERM, how long accepted requests may take to finish while new ones are
+            refused; the pod's ``terminationGracePeriodSeconds`` must be longer. Set it above the time the
+            longest allowed clip takes to generate at full load.
     """
 
     host: str = "127.0.0.1"  # loopback locally; the chart sets 0.0.0.0 inside the pod
@@ -85,8 +88,11 @@ class ServerConfig:
     enable_grpc: bool = True
     grpc_max_message_bytes: int = 8 * 1024 * 1024  # gRPC's usual client cap; larger replies return clip URIs
     torch_threads: int = 0
+    shutdown_grace_s: float = 60.0  # a 30 s clip at full batch on a GPU, with room; the chart adds 15 s
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.shutdown_grace_s) and self.shutdown_grace_s >= 0):
+            raise InvalidRequest(f"shutdown_grace_s must be >= 0 seconds, got {self.shutdown_grace_s}")
         for name in ("http_port", "grpc_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
@@ -101,11 +107,13 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class BatchingConfig:
-    """Server-side micro-batching of concurrent requests.
+    """Server-side batching of concurrent requests.
 
     Attributes:
-        max_batch_size: Most clips decoded together in one engine call.
-        max_queue_delay_ms: Longest a request waits for others to fill the batch.
+        max_batch_size: Most clips decoded together: in one engine call, or in flight in the generator's
+            continuous batch.
+        max_queue_delay_ms: Longest a request waits for others to fill a micro-batch (not used by the
+            generator's continuous batching, which admits rows at every step).
         max_queued_rows: Most rows waiting for a batch; a request that would exceed it is refused with a 503
             (``Overloaded``) instead of waiting behind an unbounded queue.
     """
@@ -165,6 +173,8 @@ class GeneratorServiceConfig:
         defaults: Sampling parameters used when a request does not set them.
         warmup_duration_s: Length of the clip generated before the server reports ready, so that the first
             request does not pay for lazy initialisation (allocator growth, kernel selection); 0 skips it.
+        continuous_batching: Whether requests join the running decode batch at every step (up to
+            ``batching.max_batch_size`` rows in flight), or wait for the next micro-batch.
     """
 
     model_uri: str = field(metadata={"flag": "--model", "help": "model URI to serve"})
@@ -176,6 +186,7 @@ class GeneratorServiceConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     defaults: SamplingParams = field(default_factory=SamplingParams)
     warmup_duration_s: float = 0.5  # every layer and the codec run once; a second is a few steps on a GPU
+    continuous_batching: bool = True
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.warmup_duration_s) and 0 <= self.warmup_duration_s <= self.limits.max_duration_s):

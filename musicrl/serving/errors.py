@@ -2,7 +2,8 @@
 
 The status comes from the one map in :mod:`musicrl.errors`; this module only picks the KServe exception that
 KServe renders with that status: 4xx → ``InvalidInput`` (400 / INVALID_ARGUMENT), 404 → ``ModelNotFound``,
-503 → ``ServerNotReady`` (503 / UNAVAILABLE), anything else → ``InferenceError`` (500).
+503 → :class:`RetryLater`, KServe's ``ServerNotReady`` (503 / UNAVAILABLE) with the error's ``Retry-After``,
+anything else → ``InferenceError`` (500).
 """
 
 import functools
@@ -11,10 +12,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
-from musicrl.errors import ModelNotFound, MusicRLError, http_status
+from fastapi.responses import JSONResponse
+
+from musicrl.errors import ModelNotFound, MusicRLError, http_status, retry_after_header
 from musicrl.logs import REQUEST_ID_HEADER, request_id_from, request_id_var
 from musicrl.serving import metrics
-from musicrl.serving.kserve_compat import kserve
+from musicrl.serving.kserve_compat import ServerNotReady, kserve
 
 
 logger = logging.getLogger(__name__)
@@ -23,13 +26,30 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+class RetryLater(ServerNotReady):
+    """A 503 that tells the client when to retry: KServe's own answers no ``Retry-After``.
+
+    A subclass, so that KServe's gRPC interceptor still maps it to UNAVAILABLE; :func:`retry_later_handler`
+    renders it over REST with the same header the gateway sends for the same error.
+    """
+
+    def __init__(self, error: MusicRLError) -> None:
+        super().__init__(str(error))
+        self.headers = retry_after_header(error) or {"Retry-After": "1"}
+
+
+async def retry_later_handler(_request: object, error: Exception) -> JSONResponse:
+    """KServe's 503 body (``{"error": ...}``) with the error's ``Retry-After``."""
+    return JSONResponse(status_code=503, content={"error": str(error)}, headers=getattr(error, "headers", None))
+
+
 def to_kserve_error(error: MusicRLError, model_name: str) -> Exception:
     """The KServe exception that carries ``error`` to the client with the status :func:`http_status` gives."""
     code = http_status(error)
     if isinstance(error, ModelNotFound):
         return kserve.errors.ModelNotFound(model_name)
     if code == 503:
-        return kserve.errors.ServerNotReady(str(error))
+        return RetryLater(error)
     if 400 <= code < 500:  # V2 has one client-error status per protocol: 400 / INVALID_ARGUMENT
         return kserve.errors.InvalidInput(str(error))
     return kserve.errors.InferenceError(str(error))

@@ -35,7 +35,7 @@ kserve = import_kserve()
 # argv-safe import above, which is why they are not at the top).
 from kserve import Model  # noqa: E402
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING  # noqa: E402
-from kserve.errors import InferenceError, InvalidInput  # noqa: E402
+from kserve.errors import InferenceError, InvalidInput, ServerNotReady  # noqa: E402
 from kserve.model_repository import ModelRepository  # noqa: E402
 from kserve.protocol.dataplane import DataPlane  # noqa: E402
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc  # noqa: E402
@@ -57,6 +57,7 @@ __all__ = [
     "InferenceError",
     "InferenceServicer",
     "InvalidInput",
+    "ServerNotReady",
     "LoggingInterceptor",
     "Model",
     "ModelRepository",

@@ -3,7 +3,7 @@
 They live in the default registry, which KServe's ``/metrics`` endpoint already exposes.
 """
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 
 REQUESTS = Counter(
@@ -48,5 +48,31 @@ AUDIO_SECONDS = Counter(
 OVERLOADED = Counter(
     "musicrl_batch_overloaded_total",
     "Requests refused because the batcher's queue was full (answered 503).",
+    ["model"],
+)
+QUEUE_DEPTH = Gauge(
+    "musicrl_generation_queue_depth",
+    "Rows waiting to join the running decode batch.",
+    ["model"],
+)
+ROWS_IN_FLIGHT = Gauge(
+    "musicrl_generation_rows_in_flight",
+    "Rows in the running decode batch.",
+    ["model"],
+)
+TIME_TO_FIRST_STEP = Histogram(
+    "musicrl_generation_time_to_first_step_seconds",
+    "From a row's arrival to its first decode step (its wait to join the batch, and its prefill).",
+    ["model"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DECODE_STEPS = Counter(
+    "musicrl_generation_decode_steps_total",
+    "Decoder forward passes of the running batch (its steps, and the first steps of rows joining it).",
+    ["model"],
+)
+ROW_STEPS = Counter(
+    "musicrl_generation_row_steps_total",
+    "Rows advanced by those passes; divided by the passes, the mean batch.",
     ["model"],
 )

@@ -9,6 +9,7 @@ weights load, and readiness (server and model) turns true only when ``load()`` h
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -20,6 +21,7 @@ import grpc
 
 from musicrl.config import ServerConfig
 from musicrl.errors import MusicRLError
+from musicrl.serving.errors import RetryLater, retry_later_handler
 from musicrl.serving.kserve_compat import (
     FASTAPI_APP_IMPORT_STRING,
     DataPlane,
@@ -40,7 +42,6 @@ from musicrl.serving.torch_thread import configure_torch_threads
 logger = logging.getLogger(__name__)
 
 GRPC_WORKER_THREADS = 4  # the servicer is async; threads only serve blocking interceptors
-SHUTDOWN_GRACE_S = 10  # in-flight requests get this long after SIGTERM
 
 
 class PlatformDataPlane(DataPlane):
@@ -62,6 +63,14 @@ class PlatformDataPlane(DataPlane):
             if "UTF-8" in str(e):
                 raise InvalidInput("an input of datatype BYTES holds bytes that are not valid UTF-8 text") from e
             raise InvalidInput(f"the request body cannot be decoded: {e}") from e
+
+
+class PlatformRESTServer(RESTServer):
+    """KServe's REST server, whose 503s carry ``Retry-After`` (:class:`~musicrl.serving.errors.RetryLater`)."""
+
+    def _add_exception_handlers(self, app: Any) -> None:
+        super()._add_exception_handlers(app)
+        app.add_exception_handler(RetryLater, retry_later_handler)  # the subclass's handler wins over KServe's
 
 
 class ModelLoadFailed(MusicRLError):
@@ -98,8 +107,10 @@ async def _serve(models: list[Model], config: ServerConfig) -> bool:
     dataplane = PlatformDataPlane(model_registry=registry)
     extension = ModelRepositoryExtension(model_registry=registry)
     stop = _install_stop_signals()
-    rest = RESTServer(FASTAPI_APP_IMPORT_STRING, dataplane, extension, config.http_port, grace_period=SHUTDOWN_GRACE_S)
+    grace = math.ceil(config.shutdown_grace_s)
+    rest = PlatformRESTServer(FASTAPI_APP_IMPORT_STRING, dataplane, extension, config.http_port, grace_period=grace)
     rest.config.host = config.host
+    _forward_exit_signals(rest, stop)
     rest_task = asyncio.create_task(rest.start())
     grpc_server = await _start_grpc(dataplane, extension, config) if config.enable_grpc else None
     load_task = _start_loading(models, config.torch_threads)
@@ -114,7 +125,7 @@ async def _serve(models: list[Model], config: ServerConfig) -> bool:
     await asyncio.wait({rest_task, stop_task, load_task}, return_when=asyncio.FIRST_COMPLETED)
     if load_task.done() and load_task.exception() is None:
         await asyncio.wait({rest_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-    await _shutdown(rest, rest_task, grpc_server, models)
+    await _shutdown(rest, rest_task, grpc_server, models, config.shutdown_grace_s)
     error = load_task.exception() if load_task.done() else None
     if isinstance(error, MusicRLError):
         raise error
@@ -155,6 +166,23 @@ def _install_stop_signals() -> asyncio.Event:
     return stop
 
 
+def _forward_exit_signals(rest: RESTServer, stop: asyncio.Event) -> None:
+    """Start the drain when uvicorn catches SIGTERM, not when it has finished its own shutdown.
+
+    While it serves, uvicorn installs its own signal handlers (``Server.handle_exit``) and re-raises the signal
+    only after its last connection closed; gRPC and the models would not hear of it until then.
+    """
+    loop = asyncio.get_running_loop()
+    server = rest._server
+    uvicorn_handle_exit = server.handle_exit
+
+    def handle_exit(sig: int, frame: Any) -> None:
+        uvicorn_handle_exit(sig, frame)
+        loop.call_soon_threadsafe(stop.set)
+
+    server.handle_exit = handle_exit
+
+
 def _load_all(models: list[Model], torch_threads: int) -> None:
     logger.info("torch runs %d intra-op threads", configure_torch_threads(torch_threads))
     for model in models:
@@ -186,12 +214,22 @@ async def _start_grpc(
 
 
 async def _shutdown(
-    rest: RESTServer, rest_task: asyncio.Task[None], grpc_server: grpc.aio.Server | None, models: list[Model]
+    rest: RESTServer,
+    rest_task: asyncio.Task[None],
+    grpc_server: grpc.aio.Server | None,
+    models: list[Model],
+    grace_s: float,
 ) -> None:
-    logger.info("shutting down")
-    rest._server.should_exit = True  # uvicorn's documented way to stop a Server from code
+    """Drain: refuse new requests, let accepted ones finish for up to ``grace_s``, then stop the models."""
+    logger.info("shutting down: accepted requests get up to %.0f s to finish", grace_s)
+    for model in models:
+        drain = getattr(model, "drain", None)  # models that can refuse new work while finishing the rest
+        if drain is not None:
+            drain()
+    rest._server.should_exit = True  # uvicorn's documented way to stop a Server from code: it stops accepting
+    stops = [asyncio.wait({rest_task}, timeout=grace_s + 5)]  # uvicorn waits up to the grace, then cancels
     if grpc_server is not None:
-        await grpc_server.stop(grace=SHUTDOWN_GRACE_S)
-    await asyncio.wait({rest_task}, timeout=SHUTDOWN_GRACE_S + 5)
+        stops.append(grpc_server.stop(grace=grace_s))
+    await asyncio.gather(*stops)  # both protocols drain at once, within one grace
     for model in models:
         model.stop()

@@ -152,9 +152,14 @@ def test_concurrent_requests_are_batched_and_metered(generator, http):
         results = list(pool.map(one, range(8)))
     after = _metrics(generator)
     assert all(r.as_numpy("codes").shape == (1, 4, 15) for r in results)
-    batches = after["musicrl_batch_size_count"] - before.get("musicrl_batch_size_count", 0)
-    rows = after["musicrl_batch_size_sum"] - before.get("musicrl_batch_size_sum", 0)
-    assert rows == 8 and batches < 8, f"8 concurrent rows ran in {batches} batches"
+
+    def grown(name: str) -> float:
+        return after[name] - before.get(name, 0)
+
+    assert grown("musicrl_generation_time_to_first_step_seconds_count") == 8  # every row joined the batch once
+    passes, row_steps = grown("musicrl_generation_decode_steps_total"), grown("musicrl_generation_row_steps_total")
+    assert row_steps == 8 * (15 + 4 - 1)  # T + K - 1 steps per row
+    assert passes < row_steps, f"8 concurrent rows took {passes} decoder passes for {row_steps} row steps"
     seconds = after["musicrl_generated_audio_seconds_total"] - before.get("musicrl_generated_audio_seconds_total", 0)
     assert seconds == pytest.approx(8 * 0.3)
     assert after['musicrl_inference_requests_total{outcome="ok"}'] > before.get(

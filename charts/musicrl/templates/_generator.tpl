@@ -15,6 +15,10 @@ env:
     value: {{ ternary $gen.gpu.dtype "float32" $gen.gpu.enabled }}
   - name: MUSICRL_MAX_BATCH_SIZE
     value: {{ $gen.maxBatchSize | quote }}
+  - name: MUSICRL_CONTINUOUS_BATCHING
+    value: {{ $gen.continuousBatching | quote }}
+  - name: MUSICRL_SHUTDOWN_GRACE_S
+    value: {{ $gen.shutdownGraceSeconds | quote }}
   - name: OMP_NUM_THREADS  # torch's intra-op threads: the pod's CPUs, not the node's
     value: {{ include "musicrl.torchThreads" (dict "torchThreads" $gen.torchThreads "resources" $gen.resources) | quote }}
 securityContext:
@@ -27,6 +31,7 @@ volumeMounts:
 {{- define "musicrl.generatorPod" -}}
 {{- $gen := .Values.generator -}}
 serviceAccountName: {{ include "musicrl.serviceAccountName" . }}
+terminationGracePeriodSeconds: {{ add $gen.shutdownGraceSeconds 15 }}  # the server's drain, then its exit
 labels:
   {{- include "musicrl.labels" (dict "root" . "component" "generator") | nindent 2 }}
 securityContext:

@@ -410,3 +410,18 @@ def render_release(values: dict[str, Any], release: str) -> list[dict[str, Any]]
         for doc in yaml.safe_load_all(text)
         if doc
     ]
+
+
+def test_every_predictor_drains_for_the_configured_grace_and_its_pod_outlives_the_drain() -> None:
+    rendered = render(with_values("canary-standard", generator__shutdownGraceSeconds=120))
+    predictors = [
+        (isvc, p) for isvc, p in _predictors(rendered.objects) if isvc["metadata"]["name"].endswith("generator")
+    ]
+    assert len(predictors) == 2  # the stable predictor and its canary
+    for _, predictor in predictors:
+        env = _env(predictor["model"])
+        assert env["MUSICRL_SHUTDOWN_GRACE_S"] == "120" and env["MUSICRL_CONTINUOUS_BATCHING"] == "true"
+        assert predictor["terminationGracePeriodSeconds"] == 135  # SIGKILL only after the server's own drain
+    micro = render(with_values("minimal", generator__continuousBatching=False))
+    (_, predictor), *_ = _predictors(micro.objects)
+    assert _env(predictor["model"])["MUSICRL_CONTINUOUS_BATCHING"] == "false"

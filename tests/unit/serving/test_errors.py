@@ -13,22 +13,24 @@ from musicrl import errors
 
 CHECK = """
 from musicrl import errors
-from musicrl.serving.errors import to_kserve_error
+from musicrl.serving.errors import RetryLater, to_kserve_error
 from musicrl.serving.kserve_compat import kserve
 
 cases = [
     (errors.InvalidRequest("bad"), kserve.errors.InvalidInput),
     (errors.IdempotencyKeyReused("reused"), kserve.errors.InvalidInput),
     (errors.ModelNotFound("none"), kserve.errors.ModelNotFound),
-    (errors.ModelNotReady("loading"), kserve.errors.ServerNotReady),
-    (errors.UpstreamUnavailable("reward service down"), kserve.errors.ServerNotReady),
-    (errors.Overloaded("full"), kserve.errors.ServerNotReady),
+    (errors.ModelNotReady("loading"), RetryLater),
+    (errors.UpstreamUnavailable("reward service down"), RetryLater),
+    (errors.Overloaded("full", retry_after_s=3.2), RetryLater),
     (errors.MusicRLError("other"), kserve.errors.InferenceError),
 ]
 for error, expected in cases:
     converted = to_kserve_error(error, "generator")
     assert type(converted) is expected, (error, converted)
     assert expected is kserve.errors.ModelNotFound or str(error) in str(converted), (error, converted)
+assert issubclass(RetryLater, kserve.errors.ServerNotReady)  # gRPC: still UNAVAILABLE
+assert to_kserve_error(errors.Overloaded("full", retry_after_s=3.2), "g").headers == {"Retry-After": "3"}
 print("ok", len(cases))
 """
 
