@@ -292,7 +292,8 @@ class ContinuousBatch:
         clips = [
             FinishedClip(self._rows[i].key, undelay(grid[n], self._rows[i].frames)) for n, i in enumerate(finished)
         ]
-        kept = [i for i in range(len(self._rows)) if i not in set(finished)]
+        leaving = set(finished)
+        kept = [i for i in range(len(self._rows)) if i not in leaving]
         if not kept:
             self._rows = []
             self._clear()

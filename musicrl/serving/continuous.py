@@ -94,7 +94,6 @@ class ContinuousBatcher:
         self._draining = False
         self._closed = False
         self._loop_future: concurrent.futures.Future[None] | None = None
-        self._in_flight_rows = 0
         labels = {"model": model_name}
         self._queue_depth = metrics.QUEUE_DEPTH.labels(**labels)
         self._in_flight = metrics.ROWS_IN_FLIGHT.labels(**labels)
@@ -134,11 +133,6 @@ class ContinuousBatcher:
         with self._wake:
             self._draining = True
 
-    @property
-    def idle(self) -> bool:
-        """Whether no row is waiting or in flight."""
-        return not self._waiting and self._in_flight_rows == 0
-
     def close(self) -> None:
         """Stop the loop after its current step; rows not finished by then are cancelled."""
         with self._wake:
@@ -167,13 +161,11 @@ class ContinuousBatcher:
                     self._fail([row for row in batch.keys if isinstance(row, _Row)], e)
                     batch = ContinuousBatch(self.engine)
                 self._deliver(finished)
-                self._in_flight_rows = batch.size
                 self._in_flight.set(batch.size)
         finally:
             for row in [*batch.keys, *self._take_all_waiting()]:
                 if isinstance(row, _Row):
                     row.cancel()
-            self._in_flight_rows = 0
             self._in_flight.set(0)
 
     def _admit(self, batch: ContinuousBatch) -> list[_Row] | None:
