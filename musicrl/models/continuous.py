@@ -28,7 +28,7 @@ from transformers import EncoderDecoderCache
 from musicrl.errors import InvalidRequest
 from musicrl.models.delay import in_window, undelay
 from musicrl.models.engine import DecodeState, GenerationEngine, GenerationRequest
-from musicrl.models.sampling import classifier_free_guidance, sample_tokens
+from musicrl.models.sampling import candidate_count, classifier_free_guidance, sample_tokens
 
 
 class RowPositions(nn.Module):
@@ -69,6 +69,7 @@ class _Row:
     steps: int  # T + K - 1
     done: int  # steps taken; the next input is the grid's position ``done``
     guided: bool
+    top_k: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,13 +145,19 @@ class ContinuousBatch:
         rows = engine.decoder_rows(batch, torch.arange(len(requests), device=engine.device))
         self.positions.rows = None  # a fresh cache: the original positions, as when decoding alone
         logits, cache = engine.decoder_step(batch, rows, 0, None)
-        tokens = sample_tokens(logits, rows.temperature, rows.top_k, batch.uniforms[:, 0])
+        candidates = candidate_count((r.params.top_k for r in requests), engine.vocab_size)
+        tokens = sample_tokens(logits, rows.temperature, rows.top_k, batch.uniforms[:, 0], candidates=candidates)
         engine.write_delayed(batch, rows, 1, tokens)
         joined = [
-            _Row(key, int(frames), int(frames) + engine.num_codebooks - 1, 1, guidance > 1)
-            for key, frames, guidance in zip(
-                keys, batch.frames.tolist(), [r.params.guidance_scale for r in requests], strict=True
+            _Row(
+                key,
+                int(frames),
+                int(frames) + engine.num_codebooks - 1,
+                1,
+                r.params.guidance_scale > 1,
+                r.params.top_k,
             )
+            for key, frames, r in zip(keys, batch.frames.tolist(), requests, strict=True)
         ]
         self._merge(batch, rows.states, rows.mask, cache, joined)
         return self._leave()
@@ -187,7 +194,9 @@ class ContinuousBatch:
         cond = logits[: len(self._rows)]
         if len(self._guided):
             cond[self._guided] = classifier_free_guidance(cond[self._guided], logits[len(self._rows) :], self._scale)
-        tokens = sample_tokens(cond, self._temperature, self._top_k, self._uniforms[conditional, step])  # [A, K]
+        candidates = candidate_count((row.top_k for row in self._rows), engine.vocab_size)  # on the host: no sync
+        noise = self._uniforms[conditional, step]
+        tokens = sample_tokens(cond, self._temperature, self._top_k, noise, candidates=candidates)  # [A, K]
         position = step + 1
         real = in_window(position, self._frames, engine.num_codebooks)  # [A, K]
         self._grid[conditional, :, position] = torch.where(

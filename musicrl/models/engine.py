@@ -27,7 +27,7 @@ from musicrl.errors import InvalidRequest
 from musicrl.models.conditioning import encode_prompts
 from musicrl.models.delay import in_window, undelay
 from musicrl.models.loading import MusicgenBundle, load_musicgen
-from musicrl.models.sampling import classifier_free_guidance, draw_uniforms, sample_tokens
+from musicrl.models.sampling import candidate_count, classifier_free_guidance, draw_uniforms, sample_tokens
 
 
 logger = logging.getLogger(__name__)
@@ -218,10 +218,12 @@ class GenerationEngine:
         batch = self.prepare(requests)
         steps = [f + self.num_codebooks - 1 for f in batch.frames.tolist()]  # the delay pattern adds K - 1 steps
         rows = self.decoder_rows(batch, torch.arange(len(requests), device=self.device))
+        candidates = candidate_count((r.params.top_k for r in requests), self.vocab_size)  # known here: no sync
         cache = None
         for step in range(max(steps)):
             logits, cache = self.decoder_step(batch, rows, step, cache)  # [A, K, V]
-            tokens = sample_tokens(logits, rows.temperature, rows.top_k, batch.uniforms[rows.active, step])  # [A, K]
+            noise = batch.uniforms[rows.active, step]
+            tokens = sample_tokens(logits, rows.temperature, rows.top_k, noise, candidates=candidates)  # [A, K]
             self.write_delayed(batch, rows, step + 1, tokens)
             if on_step is not None:
                 on_step(step + 1, max(steps))

@@ -65,7 +65,12 @@ def load_musicgen(uri: str | ModelURI, *, device: str = "cpu", dtype: str = "flo
     else:
         model, tokenizer, metadata = _load_pretrained(resolve_local_dir(parsed))
     _check_supported(model, parsed)
-    model = model.to(device=torch.device(device), dtype=DTYPES[dtype]).eval()
+    model = model.to(device=torch.device(device)).eval()
+    for name, part in model.named_children():
+        # EnCodec stays float32 whatever the serving dtype: it runs once per clip, not once per step, so it
+        # costs little, and its convolutions and LSTM lose audible detail in half precision
+        if name != "audio_encoder":
+            part.to(DTYPES[dtype])
     model.requires_grad_(False)
     logger.info("loaded %s (%.1fM parameters) on %s/%s", parsed, _millions(model), device, dtype)
     return MusicgenBundle(model=model, tokenizer=tokenizer, uri=parsed, metadata=metadata)

@@ -3,7 +3,13 @@
 Every row of a batch carries its own settings and its own uniform noise, drawn up front from a
 generator seeded by that request alone. Sampling is an inverse-CDF lookup of that noise, so a row's
 tokens depend only on its logits and its seed, never on which other requests share the batch.
+
+The step reads nothing back from the device: how many candidates a batch needs (its largest top-k) is
+known on the host from the requests' settings, and the top-k is taken on that fixed count. Only those
+candidates are summed in float64, never the whole vocabulary.
 """
+
+from collections.abc import Iterable
 
 import torch
 
@@ -34,42 +40,68 @@ def draw_uniforms(seed: int, steps: int, num_codebooks: int) -> torch.Tensor:
     return torch.rand((steps, num_codebooks), generator=generator, dtype=torch.float64)
 
 
+def candidate_count(top_ks: Iterable[int], vocab: int) -> int:
+    """Candidates a batch with these top-k settings needs: its largest k, the vocabulary where k is 0 (or above)."""
+    return max((vocab if k <= 0 or k >= vocab else k for k in top_ks), default=vocab)
+
+
 def sample_tokens(
-    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, uniforms: torch.Tensor
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    uniforms: torch.Tensor,
+    *,
+    candidates: int | None = None,
 ) -> torch.Tensor:
     """Sample one token per (row, codebook).
+
+    A row with top-k ``k`` samples among exactly its ``k`` largest logits; a tie at the k-th goes to the lower
+    token id (transformers keeps every tied token: with float32 logits the two differ almost never, and the
+    trainer's support, which keeps ties, always contains the sampler's). The candidates of a row are the same
+    whatever ``candidates`` is, so a row's token does not depend on the other rows' settings either.
 
     Args:
         logits: Guided logits, float32 [N, K, V].
         temperature: Per row, float32 [N]; 0 means greedy (argmax).
         top_k: Per row, int64 [N]; 0 keeps the whole vocabulary.
         uniforms: This step's noise per row, float64 [N, K].
+        candidates: At least the largest k of the rows, from :func:`candidate_count` on the host. None reads
+            it from ``top_k``, which waits for the device.
 
     Returns:
         Token ids, int64 [N, K].
     """
+    vocab = logits.shape[-1]
+    if candidates is None:
+        candidates = candidate_count(top_k.tolist(), vocab)
     greedy = temperature == 0
     safe_temperature = torch.where(greedy, torch.ones_like(temperature), temperature)
     scaled = logits / safe_temperature[:, None, None]  # [N, K, V]
-    scaled = _keep_top_k(scaled, top_k)
-    probs = torch.softmax(scaled.double(), dim=-1)  # float64 so the CDF is exact enough to invert
-    cdf = probs.cumsum(dim=-1)  # [N, K, V]
+    values, token_ids = _largest(scaled, min(candidates, vocab))  # [N, K, C], descending
+    k = torch.where((top_k <= 0) | (top_k > vocab), vocab, top_k)  # [N]
+    rank = torch.arange(values.shape[-1], device=values.device)
+    values = values.masked_fill(rank >= k[:, None, None], float("-inf"))
+    weights = torch.exp(values.double() - values[..., :1].double())  # float64 on the candidates only
+    # the CDF runs in token-id order, as it did over the whole vocabulary: the same noise draws the same token
+    token_ids, by_id = token_ids.sort(dim=-1)
+    cdf = weights.gather(-1, by_id).cumsum(dim=-1)  # [N, K, C], unnormalised, which changes no draw
     total = cdf[..., -1:]  # [N, K, 1]
     # strictly below the total, so the first index with cdf > target always has positive probability
     target = torch.minimum(uniforms.unsqueeze(-1) * total, torch.nextafter(total, torch.zeros_like(total)))
-    sampled = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # [N, K]
+    picked = torch.searchsorted(cdf, target, right=True)  # [N, K, 1]
+    sampled = token_ids.gather(-1, picked).squeeze(-1)  # [N, K]
     return torch.where(greedy[:, None], scaled.argmax(dim=-1), sampled)
 
 
-def _keep_top_k(scaled: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
-    """Set every logit below the row's k-th largest to -inf; ties with the k-th are kept (as transformers)."""
+def _largest(scaled: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``count`` largest logits of each row and their token ids, descending, ties to the lower id.
+
+    ``torch.topk`` orders equal values as it likes. Ranking a key that is unique per token, the float's bits
+    made order-preserving and the token id below them, fixes the order, so the first k of any count are the same.
+    """
     vocab = scaled.shape[-1]
-    if not bool((top_k > 0).any()):
-        return scaled
-    k = top_k.clamp(min=0, max=vocab)  # [N]
-    k_max = int(k.max())
-    kth_values = torch.topk(scaled, k_max, dim=-1).values  # [N, K, k_max], sorted descending
-    index = (k.clamp(min=1) - 1)[:, None, None].expand(-1, scaled.shape[1], 1)  # [N, K, 1]
-    threshold = kth_values.gather(-1, index)  # [N, K, 1]
-    threshold = torch.where((k > 0)[:, None, None], threshold, torch.full_like(threshold, float("-inf")))
-    return scaled.masked_fill(scaled < threshold, float("-inf"))
+    bits = scaled.contiguous().view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()  # ordered as the floats are
+    descending_ids = vocab - 1 - torch.arange(vocab, device=scaled.device)
+    token_ids = torch.topk(ordered * vocab + descending_ids, count, dim=-1).indices  # [N, K, count]
+    return scaled.gather(-1, token_ids), token_ids

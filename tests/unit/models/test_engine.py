@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from musicrl.config import SamplingParams
+from musicrl.config import EngineConfig, SamplingParams
 from musicrl.errors import InvalidRequest
 from musicrl.models.engine import GenerationEngine, GenerationRequest
 
@@ -126,3 +126,13 @@ def test_clip_longer_than_the_position_table_is_refused(engine):
 def test_seed_count_must_match_prompts(engine):
     with pytest.raises(InvalidRequest, match="one seed per prompt"):
         engine.generate(["a", "b"], SamplingParams(duration_s=0.1), seeds=[1])
+
+
+def test_encodec_decodes_in_float32_whatever_the_serving_dtype():
+    full = GenerationEngine.from_uri("tiny://musicgen?seed=0")
+    half = GenerationEngine.from_uri("tiny://musicgen?seed=0", EngineConfig(dtype="bfloat16"))
+    assert next(half.model.decoder.parameters()).dtype == torch.bfloat16  # the decoder does serve in bf16
+    assert {p.dtype for p in half.model.audio_encoder.parameters()} == {torch.float32}
+    codes = torch.randint(0, full.vocab_size, (full.num_codebooks, 25), generator=torch.Generator().manual_seed(0))
+    # the same float32 weights, never rounded through bf16: the same waveform to the bit
+    assert torch.equal(half.decode_audio([codes])[0], full.decode_audio([codes])[0])

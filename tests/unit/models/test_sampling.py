@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from musicrl.models.sampling import classifier_free_guidance, draw_uniforms, sample_tokens
+from musicrl.models.sampling import candidate_count, classifier_free_guidance, draw_uniforms, sample_tokens
 
 
 def _logits(rows: int = 3, codebooks: int = 2, vocab: int = 16, seed: int = 0) -> torch.Tensor:
@@ -71,3 +71,49 @@ def test_top_k_of_zero_or_above_vocab_keeps_everything(top_k):
     for u in torch.linspace(0, 0.999, 50, dtype=torch.float64):
         seen.add(int(sample_tokens(logits, torch.ones(1), torch.tensor([top_k]), u.reshape(1, 1))))
     assert seen == set(range(5))
+
+
+def test_a_row_samples_among_exactly_its_k_largest_whatever_the_candidate_bound():
+    logits = _logits(rows=2, codebooks=3, vocab=32, seed=3)
+    logits[:, :, 7] = logits[:, :, 9] = logits.max() + 1.0  # a tie at the top
+    logits[0, 0, 20] = logits[0, 0, 21] = logits[0, 0].topk(4).values[-1]  # a tie that straddles the k-th
+    top_k = torch.tensor([4, 0])
+    for u in torch.linspace(0, 1 - 1e-12, 201, dtype=torch.float64):
+        noise = torch.full((2, 3), float(u), dtype=torch.float64)
+        alone = sample_tokens(logits, torch.ones(2), top_k, noise)
+        for bound in (32, 40):  # row 1 keeps everything, so the bound is the vocabulary at least
+            assert torch.equal(sample_tokens(logits, torch.ones(2), top_k, noise, candidates=bound), alone)
+        assert torch.equal(sample_tokens(logits[:1], torch.ones(1), top_k[:1], noise[:1], candidates=4), alone[:1])
+        assert torch.equal(sample_tokens(logits[:1], torch.ones(1), top_k[:1], noise[:1], candidates=9), alone[:1])
+        # the tie at the k-th goes to the lower id: 20 may be drawn, 21 never
+        assert int(alone[0, 0]) != 21
+
+
+def test_top_k_frequencies_follow_the_softmax_of_the_k_largest():
+    vocab, draws, k = 8, 20_000, 3
+    base = torch.tensor([0.3, -1.0, 1.2, 0.0, 0.9, -0.4, 0.5, 0.1])
+    logits = base.expand(draws, 1, vocab).contiguous()
+    uniforms = torch.rand((draws, 1), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    tokens = sample_tokens(logits, torch.ones(draws), torch.full((draws,), k), uniforms, candidates=k)
+    observed = torch.bincount(tokens.flatten(), minlength=vocab).double() / draws
+    expected = torch.zeros(vocab, dtype=torch.float64)
+    best = base.topk(k).indices
+    expected[best] = torch.softmax(base[best].double(), dim=-1)
+    assert torch.allclose(observed, expected, atol=0.015), (observed, expected)
+
+
+def test_sampling_reads_nothing_back_from_the_device():
+    # meta tensors have shapes but no values: any host read (.item(), int(), .any(), .tolist()) raises
+    meta = torch.device("meta")
+    logits = torch.empty((3, 4, 64), device=meta)
+    temperature = torch.empty(3, device=meta)
+    top_k = torch.empty(3, dtype=torch.long, device=meta)
+    uniforms = torch.empty((3, 4), dtype=torch.float64, device=meta)
+    assert sample_tokens(logits, temperature, top_k, uniforms, candidates=5).shape == (3, 4)
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        sample_tokens(logits, temperature, top_k, uniforms)  # without the bound it must read top_k
+
+
+@pytest.mark.parametrize(("top_ks", "expected"), [([5, 250, 0], 2048), ([5, 250], 250), ([3000], 2048), ([], 2048)])
+def test_candidate_count_is_the_largest_k_and_the_vocabulary_for_zero(top_ks, expected):
+    assert candidate_count(top_ks, vocab=2048) == expected
