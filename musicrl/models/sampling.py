@@ -14,6 +14,9 @@ from collections.abc import Iterable
 import torch
 
 
+TIE_MARGIN = 8  # extra candidates re-ranked so that ties at the k-th go to the lower id
+
+
 def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Guided logits ``uncond + (cond - uncond) * scale`` (Ho & Salimans 2022; MusicGen §2.3).
 
@@ -96,12 +99,12 @@ def sample_tokens(
 def _largest(scaled: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``count`` largest logits of each row and their token ids, descending, ties to the lower id.
 
-    ``torch.topk`` orders equal values as it likes. Ranking a key that is unique per token, the float's bits
-    made order-preserving and the token id below them, fixes the order, so the first k of any count are the same.
+    ``torch.topk`` orders equal values as it likes, so a few more than ``count`` are taken and re-ranked by
+    (value, then lower id) with stable sorts: the first k of any count are then the same, unless more than
+    ``TIE_MARGIN`` tokens tie at the boundary, which float32 logits do not.
     """
     vocab = scaled.shape[-1]
-    bits = scaled.contiguous().view(torch.int32)
-    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()  # ordered as the floats are
-    descending_ids = vocab - 1 - torch.arange(vocab, device=scaled.device)
-    token_ids = torch.topk(ordered * vocab + descending_ids, count, dim=-1).indices  # [N, K, count]
-    return scaled.gather(-1, token_ids), token_ids
+    values, token_ids = torch.topk(scaled, min(vocab, count + TIE_MARGIN), dim=-1)  # [N, K, count + margin]
+    token_ids, by_id = token_ids.sort(dim=-1)
+    values, by_value = values.gather(-1, by_id).sort(dim=-1, descending=True, stable=True)
+    return values[..., :count], token_ids.gather(-1, by_value)[..., :count]
