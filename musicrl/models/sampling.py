@@ -80,14 +80,13 @@ def sample_tokens(
     greedy = temperature == 0
     safe_temperature = torch.where(greedy, torch.ones_like(temperature), temperature)
     scaled = logits / safe_temperature[:, None, None]  # [N, K, V]
-    values, token_ids = _largest(scaled, min(candidates, vocab))  # [N, K, C], descending
+    # in token-id order, as the CDF over the whole vocabulary ran: the same noise draws the same token
+    values, token_ids, rank = _candidates(scaled, min(candidates, vocab))  # [N, K, C]
     k = torch.where((top_k <= 0) | (top_k > vocab), vocab, top_k)  # [N]
-    rank = torch.arange(values.shape[-1], device=values.device)
+    top = values.amax(dim=-1, keepdim=True)
     values = values.masked_fill(rank >= k[:, None, None], float("-inf"))
-    weights = torch.exp(values.double() - values[..., :1].double())  # float64 on the candidates only
-    # the CDF runs in token-id order, as it did over the whole vocabulary: the same noise draws the same token
-    token_ids, by_id = token_ids.sort(dim=-1)
-    cdf = weights.gather(-1, by_id).cumsum(dim=-1)  # [N, K, C], unnormalised, which changes no draw
+    weights = torch.exp(values.double() - top.double())  # float64 on the candidates only
+    cdf = weights.cumsum(dim=-1)  # [N, K, C], unnormalised, which changes no draw
     total = cdf[..., -1:]  # [N, K, 1]
     # strictly below the total, so the first index with cdf > target always has positive probability
     target = torch.minimum(uniforms.unsqueeze(-1) * total, torch.nextafter(total, torch.zeros_like(total)))
@@ -96,15 +95,22 @@ def sample_tokens(
     return torch.where(greedy[:, None], scaled.argmax(dim=-1), sampled)
 
 
-def _largest(scaled: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``count`` largest logits of each row and their token ids, descending, ties to the lower id.
+def _candidates(scaled: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """At least the ``count`` largest logits of each row, in token-id order, with their ids and their ranks.
 
-    ``torch.topk`` orders equal values as it likes, so a few more than ``count`` are taken and re-ranked by
-    (value, then lower id) with stable sorts: the first k of any count are then the same, unless more than
-    ``TIE_MARGIN`` tokens tie at the boundary, which float32 logits do not.
+    Rank 0 is the largest, and equal logits rank the lower id first. ``torch.topk`` orders equal values as it
+    likes, so a few more than ``count`` are taken and ranked with a stable sort: the ranks below any k are then
+    the same for every count, unless more than ``TIE_MARGIN`` tokens tie at the boundary, which float32 logits
+    do not.
+
+    Returns:
+        ``(values, token_ids, rank)``, each [N, K, C] with C = ``count`` + the margin (at most the vocabulary).
     """
     vocab = scaled.shape[-1]
-    values, token_ids = torch.topk(scaled, min(vocab, count + TIE_MARGIN), dim=-1)  # [N, K, count + margin]
+    values, token_ids = torch.topk(scaled, min(vocab, count + TIE_MARGIN), dim=-1)
     token_ids, by_id = token_ids.sort(dim=-1)
-    values, by_value = values.gather(-1, by_id).sort(dim=-1, descending=True, stable=True)
-    return values[..., :count], token_ids.gather(-1, by_value)[..., :count]
+    values = values.gather(-1, by_id)
+    by_value = values.sort(dim=-1, descending=True, stable=True).indices
+    places = torch.arange(by_value.shape[-1], device=by_value.device).expand_as(by_value)
+    rank = torch.empty_like(by_value).scatter_(-1, by_value, places)
+    return values, token_ids, rank
