@@ -4,8 +4,10 @@ The micro-batcher runs a batch to the end of its longest clip, so a request that
 all of it. LLM servers schedule per step instead (Orca, Yu et al. OSDI 2022; vLLM; TGI). The same is done
 here on MusicGen's decoder, with transformers' own modules and cache:
 
-* a joining request is *prefilled* on its own: its prompt encoded and its first step run in a fresh cache,
-  exactly as :meth:`GenerationEngine.sample_codes` starts; then its cache rows are appended to the batch's;
+* a joining request has its prompt encoded and its cross-attention keys and values computed (by the decoder's
+  own cross-attention modules), and takes its first step *in the batch's next step*, not in a pass of its
+  own: MusicGen's decoder has no prompt tokens to prefill, only the start token, so a separate pass would
+  read every weight once more for one token per row, which is what a step of the whole batch costs;
 * the batch's self-attention cache is one tensor of ``P`` columns per layer. A row that joined at column
   ``s`` is at position ``P - s``: :class:`RowPositions` gives every row its own position where MusicGen would
   use the shared cache length, and the columns before ``s`` are masked out;
@@ -23,7 +25,7 @@ from typing import cast
 
 import torch
 from torch import nn
-from transformers import EncoderDecoderCache
+from transformers import DynamicCache, EncoderDecoderCache
 
 from musicrl.errors import InvalidRequest
 from musicrl.models.delay import in_window, undelay
@@ -127,40 +129,45 @@ class ContinuousBatch:
         return [row.key for row in self._rows]
 
     @torch.inference_mode()
-    def join(self, requests: Sequence[GenerationRequest], keys: Sequence[Hashable]) -> list[FinishedClip]:
-        """Add ``requests`` (with the caller's ``keys``) and take their first step.
-
-        Returns:
-            The requests that are already complete (a clip of one step), which have left again.
+    def join(self, requests: Sequence[GenerationRequest], keys: Sequence[Hashable]) -> None:
+        """Add ``requests`` (with the caller's ``keys``); they take their first step in the next :meth:`step`.
 
         Raises:
-            InvalidRequest: A clip longer than the model's positions allow, or keys that do not match.
+            InvalidRequest: A clip longer than the model's positions allow, or keys that do not match; the
+                batch is unchanged.
         """
         if len(keys) != len(requests):
             raise InvalidRequest(f"got {len(requests)} requests but {len(keys)} keys")
         if not requests:
-            return []
+            return
         engine = self.engine
         batch = engine.prepare(requests)  # validates lengths, encodes the prompts, draws the noise
         rows = engine.decoder_rows(batch, torch.arange(len(requests), device=engine.device))
-        self.positions.rows = None  # a fresh cache: the original positions, as when decoding alone
-        logits, cache = engine.decoder_step(batch, rows, 0, None)
-        candidates = candidate_count((r.params.top_k for r in requests), engine.vocab_size)
-        tokens = sample_tokens(logits, rows.temperature, rows.top_k, batch.uniforms[:, 0], candidates=candidates)
-        engine.write_delayed(batch, rows, 1, tokens)
         joined = [
             _Row(
                 key,
                 int(frames),
                 int(frames) + engine.num_codebooks - 1,
-                1,
+                0,
                 r.params.guidance_scale > 1,
                 r.params.top_k,
             )
             for key, frames, r in zip(keys, batch.frames.tolist(), requests, strict=True)
         ]
-        self._merge(batch, rows.states, rows.mask, cache, joined)
-        return self._leave()
+        self._merge(batch, rows.states, rows.mask, self._cross_attention(rows.states), joined)
+
+    def _cross_attention(self, states: torch.Tensor) -> EncoderDecoderCache:
+        """A cache holding only the cross-attention keys and values of decoder rows with text ``states``.
+
+        Computed by each layer's own cross-attention module, as the decoder does on its first step; the query
+        it is given is discarded, so its value does not matter.
+        """
+        decoder = self.engine.model.decoder.model.decoder
+        cache = EncoderDecoderCache(DynamicCache(config=decoder.config), DynamicCache(config=decoder.config))
+        query = states.new_zeros((states.shape[0], 1, states.shape[2]))
+        for layer in decoder.layers:
+            layer.encoder_attn(query, key_value_states=states, cache=cache)
+        return cache
 
     @torch.inference_mode()
     def step(self) -> list[FinishedClip]:
@@ -239,7 +246,11 @@ class ContinuousBatch:
         cache: EncoderDecoderCache,
         joined: list[_Row],
     ) -> None:
-        """Append the prefilled requests' state and cache rows to the batch's."""
+        """Append the joining requests' state and cross-attention rows to the batch's.
+
+        Their self-attention rows are zero (masked out) over the batch's columns: the next step appends their
+        first column.
+        """
         engine = self.engine
         old, new = len(self._rows), len(joined)
         old_guided = len(self._guided)
@@ -261,12 +272,11 @@ class ContinuousBatch:
             self._states, self._text_mask = states, text_mask
         else:
             assert self._states is not None and self._text_mask is not None
-            for mine, theirs in zip(
-                self._cache.self_attention_cache.layers, cache.self_attention_cache.layers, strict=True
-            ):
-                # the new rows' one column goes last: their first step was this batch's latest
-                mine.keys = torch.cat([mine.keys, _pad_columns_before(theirs.keys, columns - 1)])[order]
-                mine.values = torch.cat([mine.values, _pad_columns_before(theirs.values, columns - 1)])[order]
+            if columns:  # else no step has run since the batch was empty: the layers are still unset
+                new_rows = new + len(new_guided)
+                for mine in self._cache.self_attention_cache.layers:
+                    mine.keys = torch.cat([mine.keys, _masked_columns(mine.keys, new_rows)])[order]
+                    mine.values = torch.cat([mine.values, _masked_columns(mine.values, new_rows)])[order]
             width = max(self._text_mask.shape[1], text_mask.shape[1])
             for mine, theirs in zip(
                 self._cache.cross_attention_cache.layers, cache.cross_attention_cache.layers, strict=True
@@ -279,11 +289,11 @@ class ContinuousBatch:
                 [_extend_columns(self._states, width, dim=1), _extend_columns(states, width, dim=1)]
             )[order]
             self._text_mask = torch.cat([_pad_mask(self._text_mask, width), _pad_mask(text_mask, width)])[order]
-        joined_start = torch.full((new,), max(columns - 1, 0), dtype=torch.long, device=engine.device)
-        self._any_padding = self._any_padding or columns > 1
+        joined_start = torch.full((new,), columns, dtype=torch.long, device=engine.device)
+        self._any_padding = self._any_padding or columns > 0
         self._grid = _cat_padded(self._grid, batch.tokens, engine.start_token_id, dim=2)
         self._uniforms = _cat_padded(self._uniforms, batch.uniforms, 0.0, dim=1)
-        self._done = torch.cat([self._done, torch.ones(new, dtype=torch.long, device=engine.device)])
+        self._done = torch.cat([self._done, torch.zeros(new, dtype=torch.long, device=engine.device)])
         self._frames = torch.cat([self._frames, batch.frames])
         self._temperature = torch.cat([self._temperature, batch.temperature])
         self._top_k = torch.cat([self._top_k, batch.top_k])
@@ -339,12 +349,10 @@ class ContinuousBatch:
         self._any_padding = bool((self._start > 0).any())
 
 
-def _pad_columns_before(tensor: torch.Tensor, columns: int) -> torch.Tensor:
-    """``columns`` zero columns (masked out) before a cache tensor's own, on dim 2: [B, H, L, D]."""
-    if columns <= 0:
-        return tensor
-    shape = (*tensor.shape[:2], columns, tensor.shape[3])
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=2)
+def _masked_columns(like: torch.Tensor, rows: int) -> torch.Tensor:
+    """Zero self-attention cache rows over all of ``like``'s columns (masked out for the rows that get them):
+    [rows, H, L, D]."""
+    return like.new_zeros((rows, *like.shape[1:]))
 
 
 def _extend_columns(tensor: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:

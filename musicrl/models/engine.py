@@ -319,8 +319,8 @@ class GenerationEngine:
     ) -> tuple[torch.Tensor, EncoderDecoderCache]:
         """Feed position ``step`` of every active row; return guided float32 logits [A, K, V] and the cache.
 
-        Every row is at the same position: the loop of :meth:`sample_codes`, and the first step of requests
-        joining a :class:`~musicrl.models.continuous.ContinuousBatch`.
+        Every row is at the same position: the loop of :meth:`sample_codes`. (A
+        :class:`~musicrl.models.continuous.ContinuousBatch` steps rows at different positions itself.)
         """
         input_ids = batch.tokens[rows.index, :, step]  # [R, K]
         out = self.model.decoder(

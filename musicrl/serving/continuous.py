@@ -148,24 +148,28 @@ class ContinuousBatcher:
         batch = ContinuousBatch(self.engine)
         try:
             while (admitted := self._admit(batch)) is not None:
-                finished = self._join(batch, admitted) if admitted else []
+                joined = self._join(batch, admitted) if admitted else []
                 gone = [row for row in batch.keys if isinstance(row, _Row) and row.gone()]
                 if gone:
                     batch.abandon(gone)
                 try:
                     rows = batch.size
-                    finished += batch.step()
+                    finished = batch.step()
                     self._count_pass(rows)
                 except Exception as e:  # the batch's state is lost: every row in it fails, the loop goes on
                     logger.exception("a decode step of %d rows failed", batch.size)
                     self._fail([row for row in batch.keys if isinstance(row, _Row)], e)
                     batch = ContinuousBatch(self.engine)
+                    continue
+                now = time.monotonic()
+                for row in joined:
+                    self._time_to_first_step.observe(now - row.enqueued_at)
                 self._deliver(finished)
                 self._in_flight.set(batch.size)
         finally:
-            for row in [*batch.keys, *self._take_all_waiting()]:
-                if isinstance(row, _Row):
-                    row.cancel()
+            for key in [*batch.keys, *self._take_all_waiting()]:
+                if isinstance(key, _Row):
+                    key.cancel()
             self._in_flight.set(0)
 
     def _admit(self, batch: ContinuousBatch) -> list[_Row] | None:
@@ -183,17 +187,14 @@ class ContinuousBatcher:
             self._queue_depth.set(len(self._waiting))
             return admitted
 
-    def _join(self, batch: ContinuousBatch, rows: list[_Row]) -> list[FinishedClip]:
+    def _join(self, batch: ContinuousBatch, rows: list[_Row]) -> list[_Row]:
+        """Add ``rows`` to the batch for its next step; returns those that joined (the others have failed)."""
         try:
-            finished = batch.join([row.request for row in rows], rows)
+            batch.join([row.request for row in rows], rows)
         except Exception as e:  # refused before any state changed (e.g. too long for the model): these rows fail
             self._fail(rows, e)
             return []
-        now = time.monotonic()
-        for row in rows:
-            self._time_to_first_step.observe(now - row.enqueued_at)
-        self._count_pass(len(rows))
-        return finished
+        return rows
 
     def _count_pass(self, rows: int) -> None:
         if rows:

@@ -44,7 +44,7 @@ def run(engine: GenerationEngine, arrivals: dict[int, list[str]]) -> dict[Hashab
     step, last = 0, max(arrivals)
     while step <= last or batch.size:
         for key in arrivals.get(step, []):
-            codes.update((f.key, f.codes) for f in batch.join([REQUESTS[key]], [key]))
+            batch.join([REQUESTS[key]], [key])
         codes.update((f.key, f.codes) for f in batch.step())
         step += 1
     return codes
@@ -66,7 +66,8 @@ def test_each_clip_has_the_codes_it_has_alone_whatever_joins_and_leaves(engine, 
 
 def test_requests_joining_together_in_one_call_match_alone_too(engine, alone):
     batch = ContinuousBatch(engine)
-    codes = {f.key: f.codes for f in batch.join(list(REQUESTS.values()), list(REQUESTS))}
+    batch.join(list(REQUESTS.values()), list(REQUESTS))
+    codes = {}
     while batch.size:
         codes.update((f.key, f.codes) for f in batch.step())
     assert all(torch.equal(codes[key], alone[key]) for key in REQUESTS)
@@ -74,10 +75,10 @@ def test_requests_joining_together_in_one_call_match_alone_too(engine, alone):
 
 def test_a_finished_request_leaves_at_once_and_the_cache_keeps_only_what_the_rest_need(engine):
     batch = ContinuousBatch(engine)
-    batch.join([REQUESTS["tiny"]], ["tiny"])  # 1 frame: K steps, one taken by the join
+    batch.join([REQUESTS["tiny"]], ["tiny"])  # 1 frame: K steps
     batch.join([REQUESTS["long-guided"]], ["long-guided"])
     finished = []
-    for _ in range(engine.num_codebooks - 1):
+    for _ in range(engine.num_codebooks):
         finished += [f.key for f in batch.step()]
     assert finished == ["tiny"] and batch.keys == ["long-guided"]
     assert batch.size == 1
@@ -95,3 +96,19 @@ def test_a_clip_too_long_for_the_model_is_refused_and_the_batch_keeps_running(en
     while batch.size:
         codes.update((f.key, f.codes) for f in batch.step())
     assert torch.equal(codes["greedy"], alone["greedy"])
+
+
+def test_joining_requests_take_their_first_step_in_the_batch_step_not_in_a_decoder_pass_of_their_own(engine):
+    passes = []
+    hook = engine.model.decoder.register_forward_hook(lambda module, args, kwargs: passes.append(1))
+    try:
+        batch = ContinuousBatch(engine)
+        batch.join([REQUESTS["long-guided"]], ["long-guided"])
+        batch.step()
+        batch.join([REQUESTS["short-plain"], REQUESTS["greedy"]], ["short-plain", "greedy"])
+        assert len(passes) == 1  # the step only: a join runs no decoder pass
+        batch.step()
+    finally:
+        hook.remove()
+    assert len(passes) == 2
+    assert batch._cache_length() == 2  # the joiners' first column is the batch's second one
