@@ -25,11 +25,12 @@ from typing import cast
 
 import torch
 from torch import nn
-from transformers import DynamicCache, EncoderDecoderCache
+from transformers import EncoderDecoderCache
 
 from musicrl.errors import InvalidRequest
 from musicrl.models.delay import in_window, undelay
 from musicrl.models.engine import DecodeState, GenerationEngine, GenerationRequest
+from musicrl.models.kv_cache import GrowingLayer, decode_cache
 from musicrl.models.sampling import candidate_count, classifier_free_guidance, sample_tokens
 
 
@@ -163,7 +164,7 @@ class ContinuousBatch:
         it is given is discarded, so its value does not matter.
         """
         decoder = self.engine.model.decoder.model.decoder
-        cache = EncoderDecoderCache(DynamicCache(config=decoder.config), DynamicCache(config=decoder.config))
+        cache = decode_cache(decoder.config)
         query = states.new_zeros((states.shape[0], 1, states.shape[2]))
         for layer in decoder.layers:
             layer.encoder_attn(query, key_value_states=states, cache=cache)
@@ -272,11 +273,11 @@ class ContinuousBatch:
             self._states, self._text_mask = states, text_mask
         else:
             assert self._states is not None and self._text_mask is not None
-            if columns:  # else no step has run since the batch was empty: the layers are still unset
-                new_rows = new + len(new_guided)
-                for mine in self._cache.self_attention_cache.layers:
-                    mine.keys = torch.cat([mine.keys, _masked_columns(mine.keys, new_rows)])[order]
-                    mine.values = torch.cat([mine.values, _masked_columns(mine.values, new_rows)])[order]
+            # the same order, with zero self-attention rows (masked out) for the new ones
+            gathered = [*range(old), *[-1] * new, *range(old, old + old_guided), *[-1] * len(new_guided)]
+            for layer in self._cache.self_attention_cache.layers:
+                assert isinstance(layer, GrowingLayer), "the batch's cache comes from decode_cache"
+                layer.gather_rows(gathered)
             width = max(self._text_mask.shape[1], text_mask.shape[1])
             for mine, theirs in zip(
                 self._cache.cross_attention_cache.layers, cache.cross_attention_cache.layers, strict=True
@@ -347,12 +348,6 @@ class ContinuousBatch:
             layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
         self._start = self._start - first
         self._any_padding = bool((self._start > 0).any())
-
-
-def _masked_columns(like: torch.Tensor, rows: int) -> torch.Tensor:
-    """Zero self-attention cache rows over all of ``like``'s columns (masked out for the rows that get them):
-    [rows, H, L, D]."""
-    return like.new_zeros((rows, *like.shape[1:]))
 
 
 def _extend_columns(tensor: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:

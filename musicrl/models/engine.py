@@ -26,6 +26,7 @@ from musicrl.config import EngineConfig, SamplingParams
 from musicrl.errors import InvalidRequest
 from musicrl.models.conditioning import encode_prompts
 from musicrl.models.delay import in_window, undelay
+from musicrl.models.kv_cache import decode_cache
 from musicrl.models.loading import MusicgenBundle, load_musicgen
 from musicrl.models.sampling import candidate_count, classifier_free_guidance, draw_uniforms, sample_tokens
 
@@ -219,7 +220,7 @@ class GenerationEngine:
         steps = [f + self.num_codebooks - 1 for f in batch.frames.tolist()]  # the delay pattern adds K - 1 steps
         rows = self.decoder_rows(batch, torch.arange(len(requests), device=self.device))
         candidates = candidate_count((r.params.top_k for r in requests), self.vocab_size)  # known here: no sync
-        cache = None
+        cache = decode_cache(self.model.config.decoder)
         for step in range(max(steps)):
             logits, cache = self.decoder_step(batch, rows, step, cache)  # [A, K, V]
             noise = batch.uniforms[rows.active, step]
@@ -315,7 +316,7 @@ class GenerationEngine:
         )
 
     def decoder_step(
-        self, batch: DecodeState, rows: DecoderRows, step: int, cache: EncoderDecoderCache | None
+        self, batch: DecodeState, rows: DecoderRows, step: int, cache: EncoderDecoderCache
     ) -> tuple[torch.Tensor, EncoderDecoderCache]:
         """Feed position ``step`` of every active row; return guided float32 logits [A, K, V] and the cache.
 
