@@ -1,6 +1,7 @@
 """One reward as a KServe model: load() builds it on the torch thread, predict() batches clips through it."""
 
 import functools
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -24,8 +25,14 @@ class RewardServingModel(Model):
         self.batching = batching
         self.max_clips = max_clips
         self.batcher: MicroBatcher[reward_api.RewardItem, float] | None = None
+        self._load_once = threading.Lock()
+        self.ready: bool = False
 
     def load(self) -> bool:
+        # KServe's data plane calls load() again for a model that is not ready yet (while it loads): only the
+        # first call builds the reward, which would otherwise be built twice, holding twice its memory
+        if not self._load_once.acquire(blocking=False):
+            return self.ready
         reward = torch_executor().submit(self.build).result()  # built where it will run
         self.batcher = MicroBatcher(lambda items: reward_api.score_items(reward, items), self.batching, self.name)
         self.ready = True

@@ -2,6 +2,9 @@
 
 import concurrent.futures
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +202,35 @@ def test_the_service_reports_its_models(service):
         assert client.is_model_ready(name)
         assert [o["name"] for o in client.get_model_metadata(name)["outputs"]] == ["score"]
     client.close()
+
+
+# KServe is imported only in a subprocess: its protos collide with tritonclient.grpc's in one process
+LOAD_TWICE = """
+import threading
+from musicrl.config import BatchingConfig
+from services.rewards.model import RewardServingModel
+
+built, started, release = [], threading.Event(), threading.Event()
+
+def build():
+    built.append(1)
+    started.set()
+    release.wait(5)
+    return object()
+
+model = RewardServingModel("quality", build, BatchingConfig(), max_clips=4)
+first = threading.Thread(target=model.load)
+first.start()
+started.wait(30)
+again = model.load()  # as KServe's data plane calls it for a model that is not ready yet
+release.set()
+first.join(30)
+print(len(built), again, model.ready)
+"""
+
+
+def test_a_second_load_while_the_first_runs_builds_nothing_and_reports_not_ready():
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", LOAD_TWICE], capture_output=True, text=True, timeout=120, cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "False", "True"]
