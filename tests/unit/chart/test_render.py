@@ -422,6 +422,12 @@ def test_every_predictor_drains_for_the_configured_grace_and_its_pod_outlives_th
         env = _env(predictor["model"])
         assert env["MUSICRL_SHUTDOWN_GRACE_S"] == "120" and env["MUSICRL_CONTINUOUS_BATCHING"] == "true"
         assert predictor["terminationGracePeriodSeconds"] == 135  # SIGKILL only after the server's own drain
+    rendered = render(with_values("minimal", rewards__shutdownGraceSeconds=30))
+    rewards = [(i, p) for i, p in _predictors(rendered.objects) if not i["metadata"]["name"].endswith("generator")]
+    assert rewards, "the minimal install serves a reward"
+    for _, predictor in rewards:
+        assert _env(predictor["model"])["MUSICRL_SHUTDOWN_GRACE_S"] == "30"
+        assert predictor["terminationGracePeriodSeconds"] == 45
     micro = render(with_values("minimal", generator__continuousBatching=False))
     (_, predictor), *_ = _predictors(micro.objects)
     assert _env(predictor["model"])["MUSICRL_CONTINUOUS_BATCHING"] == "false"
