@@ -2,7 +2,9 @@
 # Issue 9's multi-GPU check: one process per GPU under torchrun over NCCL (2 if the machine has 2 or more GPUs,
 # else 1, said so), each on cuda:LOCAL_RANK; metrics reduced on the GPU; fused vs materialised loss in fp32;
 # bf16 autocast; a few RL steps of the tiny policy through the trainer; DDP parameters identical across ranks.
-# Prints PASS/FAIL lines and exits non-zero if any check fails. Takes about a minute once Python is ready.
+# Then issue 16's generation check (bench/gpu_generation.py): a MusicGen-small-sized decoder in bf16 at batch
+# 1, 16 and 64, and at batch 1 the fraction of the weight-bandwidth bound.
+# Prints PASS/FAIL lines and exits non-zero if any check fails. Takes 2-3 minutes once Python is ready.
 #
 #   bash bench/gpu_check.sh              # from anywhere; runs in the repository root
 #   GPU_CHECK_BENCH=1 bash bench/gpu_check.sh   # then also bench/rl_throughput.py on the GPU (mid size, ~2 min)
@@ -66,6 +68,11 @@ status=0
 timeout 300 "$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" bench/gpu_check.py "$OUT" \
   || { echo "FAIL torchrun: exit status $? (a rank failed a check, crashed, or ran past 300 s)"; status=1; }
 "$PY" bench/gpu_check.py --summarise "$OUT" "$NPROC" || status=1
+
+GENERATION_ARGS=()
+[ "$DRY_RUN" = 1 ] && GENERATION_ARGS=(--dry-run)
+timeout 300 "$PY" bench/gpu_generation.py "${GENERATION_ARGS[@]}" \
+  || { echo "FAIL generation: bench/gpu_generation.py exit status $? (crashed, or ran past 300 s)"; status=1; }
 
 if [ "${GPU_CHECK_BENCH:-0}" = 1 ] && [ "$DRY_RUN" != 1 ]; then
   timeout 300 "$PY" bench/rl_throughput.py --device cuda --sizes mid --steps 3 --rounds 1 \
