@@ -7,7 +7,7 @@ uniformly between ``--min-duration`` and ``--max-duration`` seconds. Both schedu
 
 For each offered load (audio-seconds asked per second) it prints p50 and p99 latency, counted from each
 request's scheduled arrival (so that a late send is not forgiven), and the audio-seconds completed per
-second inside the arrival window, after a first stretch while the batch fills. Then two ratios:
+second until the last completion (see :func:`summarise`). Then two ratios:
 
 * p99, micro-batcher over continuous, at the lowest load where the micro-batcher's p99 is at least twice
   its p50 (the issue's goal: at least 2x);
@@ -104,16 +104,25 @@ class LoadResult:
     completed_audio_per_s: float
 
 
-def summarise(outcomes: list[Outcome], window_s: float, fill_s: float) -> LoadResult:
-    done = [o for o in outcomes if o.finished_s is not None]
-    latencies = [o.finished_s - o.arrival.at_s for o in done if o.finished_s is not None]
-    in_window = sum(o.audio_s for o in done if o.finished_s is not None and fill_s <= o.finished_s <= window_s)
+def summarise(outcomes: list[Outcome]) -> LoadResult:
+    """Latency percentiles, and completed audio over the time until the last completion.
+
+    Completed audio per second is counted over the whole run, not a window: a micro-batcher delivers a whole
+    batch at once, so a window's count depends on how many bursts happen to fall inside it (measured at 8
+    audio-s/s offered: windows of two runs gave 2.35 and 5.79 audio-s/s, for a micro-batcher that sustained
+    3.7 over the first). Over the whole run the error is at most one batch, and at a load
+    the server cannot keep up with, it is busy from the first arrival to the last completion: the figure is
+    its sustained throughput.
+    """
+    finished = [o.finished_s for o in outcomes if o.finished_s is not None]
+    latencies = [o.finished_s - o.arrival.at_s for o in outcomes if o.finished_s is not None]
+    completed = sum(o.audio_s for o in outcomes if o.finished_s is not None)
     return LoadResult(
         requests=len(outcomes),
-        refused=len(outcomes) - len(done),
+        refused=len(outcomes) - len(finished),
         p50_s=float(np.percentile(latencies, 50)) if latencies else float("nan"),
         p99_s=float(np.percentile(latencies, 99)) if latencies else float("nan"),
-        completed_audio_per_s=in_window / (window_s - fill_s),
+        completed_audio_per_s=completed / max(finished) if finished else 0.0,
     )
 
 
@@ -133,7 +142,10 @@ def run_scheduler(continuous: bool, args: argparse.Namespace, log_dir: Path) -> 
             bar = tqdm(total=len(arrivals), desc=f"{name} at {load:g} audio-s/s", unit="req", disable=None)
             with bar as progress:  # disable=None: no bar when the output is not a terminal (a CI log)
                 outcomes = asyncio.run(offer(server.http_url, arrivals, progress))
-            results[load] = summarise(outcomes, args.window, args.fill)
+            results[load] = summarise(outcomes)
+            if args.verbose:
+                for o in sorted(outcomes, key=lambda o: o.finished_s or 0.0):
+                    print(f"  {name}: arrived {o.arrival.at_s:7.2f} finished {o.finished_s} audio {o.audio_s:.2f}")
             errors = {o.error for o in outcomes if o.error and o.error != "503"}
             if errors:
                 print(f"  {name} at {load:g}: errors other than 503: {sorted(errors)}")
@@ -149,14 +161,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--loads", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 2.0, 3.0, 4.0, 8.0])
     parser.add_argument("--window", type=float, default=150.0, help="seconds of arrivals per load")
-    parser.add_argument("--fill", type=float, default=30.0, help="seconds left out of the throughput at the start")
     parser.add_argument("--min-duration", type=float, default=1.0)
     parser.add_argument("--max-duration", type=float, default=10.0)
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true", help="print every request's arrival and completion")
     args = parser.parse_args()
     print(f"model: {MID_SIZE}\nclips: {args.min_duration:g}-{args.max_duration:g} s, max batch {args.max_batch}")
-    print(f"arrivals: Poisson over {args.window:g} s per load; throughput counted from {args.fill:g} s\n")
+    print(f"arrivals: Poisson over {args.window:g} s per load\n")
 
     with tempfile.TemporaryDirectory() as logs:
         micro = run_scheduler(False, args, Path(logs))
