@@ -160,6 +160,7 @@ class ContinuousBatcher:
                     logger.exception("a decode step of %d rows failed", batch.size)
                     self._fail([row for row in batch.keys if isinstance(row, _Row)], e)
                     batch = ContinuousBatch(self.engine)
+                    self._in_flight.set(0)
                     continue
                 now = time.monotonic()
                 for row in joined:
