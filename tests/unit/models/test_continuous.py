@@ -100,7 +100,7 @@ def test_a_clip_too_long_for_the_model_is_refused_and_the_batch_keeps_running(en
 
 def test_joining_requests_take_their_first_step_in_the_batch_step_not_in_a_decoder_pass_of_their_own(engine):
     passes = []
-    hook = engine.model.decoder.register_forward_hook(lambda module, args, kwargs: passes.append(1))
+    hook = engine.model.decoder.register_forward_hook(lambda module, args, output: passes.append(1))
     try:
         batch = ContinuousBatch(engine)
         batch.join([REQUESTS["long-guided"]], ["long-guided"])
