@@ -17,10 +17,22 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+_ports_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port this process has not handed out before.
+
+    The kernel may give a just-closed port to the next bind, so two calls in a row can return the same
+    port, and a test that takes one per service then starts two on it.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_handed_out:
+            _ports_handed_out.add(port)
+            return port
 
 
 @dataclass(frozen=True)
