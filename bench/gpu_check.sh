@@ -3,7 +3,8 @@
 # else 1, said so), each on cuda:LOCAL_RANK; metrics reduced on the GPU; fused vs materialised loss in fp32;
 # bf16 autocast; a few RL steps of the tiny policy through the trainer; DDP parameters identical across ranks.
 # Then issue 16's generation check (bench/gpu_generation.py): a MusicGen-small-sized decoder in bf16 at batch
-# 1, 16 and 64, and at batch 1 the fraction of the weight-bandwidth bound.
+# 1, 16 and 64, and at batch 1 the fraction of the weight-bandwidth bound. Then issue 17's scoring bench
+# (bench/reward_throughput.py on the GPU): each reward batched against one clip at a time.
 # Prints PASS/FAIL lines and exits non-zero if any check fails. Takes 2-3 minutes once Python is ready.
 #
 #   bash bench/gpu_check.sh              # from anywhere; runs in the repository root
@@ -73,6 +74,11 @@ GENERATION_ARGS=()
 [ "$DRY_RUN" = 1 ] && GENERATION_ARGS=(--dry-run)
 timeout 300 "$PY" bench/gpu_generation.py "${GENERATION_ARGS[@]}" \
   || { echo "FAIL generation: bench/gpu_generation.py exit status $? (crashed, or ran past 300 s)"; status=1; }
+
+SCORING_ARGS=(--device cuda)
+[ "$DRY_RUN" = 1 ] && SCORING_ARGS=(--device cpu --clips 2 --seconds 1)
+timeout 300 "$PY" bench/reward_throughput.py "${SCORING_ARGS[@]}" \
+  || { echo "FAIL scoring: bench/reward_throughput.py exit status $? (crashed, or ran past 300 s)"; status=1; }
 
 if [ "${GPU_CHECK_BENCH:-0}" = 1 ] && [ "$DRY_RUN" != 1 ]; then
   timeout 300 "$PY" bench/rl_throughput.py --device cuda --sizes mid --steps 3 --rounds 1 \

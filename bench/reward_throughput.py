@@ -4,7 +4,11 @@ The clips are 10 s at 32 kHz (one CLAP segment) with their codes; each reward sc
 ways, so the ratio shows what batching buys for that reward. A last line scores clips of mixed lengths
 (1 to 10 s) with the preference reward, bucketed by length against one pass padded to the longest.
 
-    python bench/reward_throughput.py [--clips 16] [--seconds 10]
+On a CPU each clip's resampling, spectrogram and model pass are compute-bound, so batching buys little;
+``--device cuda`` measures what it buys where one clip at a time leaves the device idle between launches
+(``bench/gpu_check.sh`` runs it so).
+
+    python bench/reward_throughput.py [--clips 16] [--seconds 10] [--device cpu]
 """
 
 import argparse
@@ -48,20 +52,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--device", default="cpu", help="where the rewards run: cpu, cuda, cuda:1, ...")
     args = parser.parse_args()
     batch = clips(args.clips, args.seconds)
     singles = [ClipBatch([p], audio=[a], sample_rate=batch.sample_rate, codes=[c])
                for p, a, c in zip(batch.prompts, batch.audio, batch.codes, strict=True)]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         rewards = {
-            "text-adherence": load_reward("text-adherence", "tiny://clap?seed=0"),
-            "quality": load_reward("quality", "tiny://quality?seed=0"),
+            "text-adherence": load_reward("text-adherence", "tiny://clap?seed=0", device=args.device),
+            "quality": load_reward("quality", "tiny://quality?seed=0", device=args.device),
         }
         for label, policy in (("preference", TINY_POLICY), ("preference-42M", MID_POLICY)):
             path = str(Path(tmp) / label)
             PreferenceRewardModel.from_policy(policy).save(path, metrics={})
-            rewards[label] = load_reward("preference", path)
-        print(f"{args.clips} clips of {args.seconds:.0f} s; tiny CLAP; preference on a tiny and a 42M policy\n")
+            rewards[label] = load_reward("preference", path, device=args.device)
+        print(
+            f"{args.clips} clips of {args.seconds:.0f} s on {args.device}; tiny CLAP; "
+            "preference on a tiny and a 42M policy\n"
+        )
         for name, reward in rewards.items():
             reward.score(singles[0])  # warm-up
             batched = args.clips / timed(lambda r=reward: r.score(batch))
