@@ -76,6 +76,9 @@ def serve_gateway(config: GatewayConfig) -> None:
         log_config=None,
         access_log=config.access_log,
         timeout_graceful_shutdown=30,
+        # named, not "auto": auto falls back to asyncio and h11 without a word when these are not installed
+        loop="uvloop",
+        http="httptools",
         proxy_headers=True,  # the client address behind the ingress, from trusted proxies only
         forwarded_allow_ips=config.forwarded_allow_ips,
     )

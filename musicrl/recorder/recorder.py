@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 
 import nats.errors
 import nats.js.errors
+import uvloop
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -316,7 +317,9 @@ async def _close(nc: NATS) -> None:
         logger.warning("cannot drain the NATS connection (%s); closing it", type(e).__name__)
     try:
         await nc.close()
-    except ConnectionError as e:  # nats-py flushes a socket the server already dropped
+    # nats-py flushes a socket the server already dropped: asyncio's transport raises ConnectionError there,
+    # uvloop's a RuntimeError ("the handler is closed")
+    except (ConnectionError, RuntimeError) as e:
         logger.warning("the NATS connection was already lost (%s); unsent acks mean re-deliveries", e)
 
 
@@ -337,4 +340,4 @@ def run_recorder(config: RecorderConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         await record(config, stop)
 
-    asyncio.run(main())
+    uvloop.run(main())
