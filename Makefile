@@ -66,10 +66,17 @@ format: setup
 proto: setup
 	$(PY) -m musicrl.proto_codegen
 
+# Every benchmark that runs on a CPU, each printing its ratios against a baseline of the same run (the open-loop
+# load test is the longest). bench/gpu_check.sh is the GPU's; bench/preference_learning.py takes its cells as flags.
 bench: setup
 	$(PY) bench/generation_throughput.py
+	$(PY) bench/generation_load.py
+	$(PY) bench/sampler_cost.py
+	$(PY) bench/triton_throughput.py
 	$(PY) bench/feedback_throughput.py
+	$(PY) bench/recorder_throughput.py
 	$(PY) bench/reward_throughput.py
+	$(PY) bench/preference_data_throughput.py
 	$(PY) bench/rl_throughput.py
 	$(PY) bench/rollout_decisions.py
 
