@@ -2,7 +2,7 @@
 
 Both serve the mid-size policy of ``bench/generation_throughput.py`` with the same engine, and the same
 clients (tritonclient over HTTP, each sending one-prompt requests back to back) load each at 1, 4 and 16
-concurrent clients, in one run. Our server micro-batches concurrent requests into one decode batch (max 16);
+concurrent clients, in one run. Our server runs its default scheduler, continuous batching (max 16 in flight);
 the Triton model decodes each request's prompts together but takes requests one at a time
 (``max_batch_size`` 0, see ``musicrl.triton.repository``), so the ratio says what that costs under load.
 
@@ -33,6 +33,7 @@ def runtime(name: str, logs: Path) -> Iterator[ServiceProcess]:
     logs.mkdir(parents=True, exist_ok=True)
     settings = {"MUSICRL_MODEL_URI": MID_SIZE, "MUSICRL_MAX_BATCH_SIZE": "16", "MUSICRL_MAX_QUEUE_DELAY_MS": "20"}
     if name == "kserve":
+        settings["MUSICRL_CONTINUOUS_BATCHING"] = "true"  # named: the output says which scheduler it measured
         with model_server("services.generator", settings, logs, "generator", timeout_s=180) as server:
             yield server
         return
@@ -56,7 +57,7 @@ def main() -> None:
         kserve = throughput("kserve", args.duration, args.requests_per_client, Path(tmp) / "kserve")
         triton = throughput("triton", args.duration, args.requests_per_client, Path(tmp) / "triton")
     print(f"model: {MID_SIZE}, clip: {args.duration} s\n")
-    print("generator throughput (audio-s per wall-s): Triton against our KServe server (micro-batching, max 16)")
+    print("generator throughput (audio-s per wall-s): Triton against our KServe server (continuous batching, max 16)")
     for n in CLIENTS:
         print(
             f"  {n:2d} clients: triton {triton[n]:6.2f}  kserve {kserve[n]:6.2f}  ratio {triton[n] / kserve[n]:5.2f}x"
