@@ -3,6 +3,7 @@
 musicrl toyworld train [--seed 0] [--out-dir DIR] [--quick true] [--threads 2]
 musicrl toyworld judge --policy-uri URI [--baseline-uri toy://musicgen] [--prompts 96] [--out FILE]
 musicrl toyworld sweep [--policy-uri toy://musicgen] [--prompts 48] [--out FILE]
+musicrl toyworld adherence [--policy-uri toy://musicgen] [--prompts 120] [--temperature 1] [--out FILE]
 """
 
 import argparse
@@ -15,7 +16,7 @@ from typing import Any
 
 from musicrl.extras import needs_extra
 from musicrl.settings import add_config_flags, config_from
-from musicrl.toyworld.judge_config import JudgeConfig, SweepConfig
+from musicrl.toyworld.judge_config import AdherenceConfig, JudgeConfig, SweepConfig
 from musicrl.toyworld.train_config import ToyWorldTrainConfig
 
 
@@ -41,6 +42,12 @@ def add_toyworld_commands(commands: Commands) -> None:
     add_config_flags(sweep, SweepConfig)
     sweep.add_argument("--out", type=Path, help="also write the sweep as JSON to this file")
     sweep.set_defaults(command=_sweep)
+    adherence = actions.add_parser(
+        "adherence", help="how often a toy policy plays what held-out captions ask, and what it plays instead"
+    )
+    add_config_flags(adherence, AdherenceConfig)
+    adherence.add_argument("--out", type=Path, help="also write the agreement and confusion as JSON to this file")
+    adherence.set_defaults(command=_adherence)
 
 
 def reproducing_command(config: ToyWorldTrainConfig) -> str:
@@ -98,3 +105,17 @@ def _sweep(args: argparse.Namespace) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
     if args.out:
         args.out.write_text(json.dumps(sweep, indent=2) + "\n")
+
+
+@needs_extra("train")
+def _adherence(args: argparse.Namespace) -> None:
+    from musicrl.models.engine import GenerationEngine
+    from musicrl.toyworld.evaluate import held_out_prompts, prompt_adherence
+
+    config = config_from(AdherenceConfig, args=args)
+    prompts = [e.caption.text for e in held_out_prompts(config.seed, config.prompts)]
+    engine = GenerationEngine.from_uri(config.policy_uri)
+    adherence = prompt_adherence(engine, prompts, config.sampling(), seed=config.seed)
+    sys.stdout.write(adherence.table() + "\n")
+    if args.out:
+        args.out.write_text(json.dumps(adherence.as_dict(), indent=2) + "\n")

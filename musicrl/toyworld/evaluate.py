@@ -6,7 +6,7 @@ the platform's sampling settings, so these figures describe what the generator s
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -15,23 +15,49 @@ from musicrl.models.engine import GenerationEngine
 from musicrl.toyworld.captions import read_prompt
 from musicrl.toyworld.corpus import Example, examples
 from musicrl.toyworld.probes import agreement, measure, spectral_entropy, spectral_flux
-from musicrl.toyworld.world import CLIP_S
+from musicrl.toyworld.world import ATTRIBUTE_TYPES, CLIP_S
 
 
 PROBED = ("pitch", "tempo", "timbre", "loudness")  # what the probes can judge (texture they cannot)
 CHANCE = {"pitch": 1 / 3, "tempo": 1 / 3, "timbre": 1 / 2, "loudness": 1 / 2}
 
 
+UNHEARD = "unheard"  # the probes could not judge the attribute (silence): not counted as an agreement or a miss
+
+
 @dataclass(frozen=True, slots=True)
 class Adherence:
-    """Per attribute: how often the probes heard what the prompts asked for, out of how many asks."""
+    """Per attribute: how often the probes heard what the prompts asked for, out of how many asks.
+
+    ``confusion[attribute][asked][heard]`` counts the clips asked for one class and heard as another (or
+    ``unheard``): which class a policy fails, and what it plays instead, which the agreement alone hides.
+    """
 
     agreed: Mapping[str, float]
     asked: Mapping[str, int]
+    confusion: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)
 
     def mean(self) -> float:
         """The mean agreement over attributes."""
         return float(np.mean(list(self.agreed.values()))) if self.agreed else float("nan")
+
+    def table(self) -> str:
+        """Agreement per attribute, then each attribute's confusion (a row per class asked, a column per heard)."""
+        lines = [f"{'attribute':>9} {'agreed':>7} {'asks':>5} {'chance':>7}"]
+        for name, share in self.agreed.items():
+            lines.append(f"{name:>9} {share:7.3f} {self.asked[name]:5d} {CHANCE[name]:7.3f}")
+        for name, by_asked in self.confusion.items():
+            heard = [*ATTRIBUTE_TYPES[name], UNHEARD]
+            lines += ["", f"{name}: a row per class asked, a column per class heard"]
+            lines.append(f"{'':>9} " + " ".join(f"{h:>8}" for h in heard))
+            for value in ATTRIBUTE_TYPES[name]:
+                if value in by_asked:
+                    lines.append(f"{value:>9} " + " ".join(f"{by_asked[value].get(h, 0):8d}" for h in heard))
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, object]:
+        """Agreement, asks and confusion, for JSON."""
+        return {"agreed": dict(self.agreed), "asked": dict(self.asked), "confusion": self.confusion}
 
 
 def held_out_prompts(seed: int, count: int) -> list[Example]:
@@ -42,13 +68,18 @@ def held_out_prompts(seed: int, count: int) -> list[Example]:
 def audio_adherence(asked: Sequence[Mapping[str, str]], clips: Sequence[np.ndarray], sample_rate: int) -> Adherence:
     """Agreement between the attributes asked of each clip and the probes' reading of it."""
     hits: dict[str, list[bool]] = defaultdict(list)
+    confusion: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
     for wanted, audio in zip(asked, clips, strict=True):
         probed = {k: v for k, v in wanted.items() if k in PROBED}
-        for name, agreed in agreement(probed, measure(audio, sample_rate).words()).items():
+        heard = measure(audio, sample_rate).words()
+        for name, agreed in agreement(probed, heard).items():
             hits[name].append(agreed)
+        for name, value in probed.items():
+            confusion[name][value][heard.get(name, UNHEARD)] += 1
     return Adherence(
         agreed={name: float(np.mean(v)) for name, v in sorted(hits.items())},
         asked={name: len(v) for name, v in sorted(hits.items())},
+        confusion={name: {a: dict(h) for a, h in by_asked.items()} for name, by_asked in sorted(confusion.items())},
     )
 
 

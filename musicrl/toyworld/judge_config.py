@@ -1,7 +1,11 @@
-"""What ``musicrl toyworld judge`` compares (a module of its own: the CLI's parser imports it, not torch)."""
+"""What ``musicrl toyworld judge``, ``sweep`` and ``adherence`` play.
+
+A module of its own: the CLI's parser imports it, and not torch.
+"""
 
 from dataclasses import dataclass
 
+from musicrl.config import SamplingParams
 from musicrl.errors import InvalidRequest
 
 
@@ -51,3 +55,37 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if self.prompts < 1:
             raise InvalidRequest(f"prompts={self.prompts}: the sweep needs at least one")
+
+
+@dataclass(frozen=True, slots=True)
+class AdherenceConfig:
+    """What ``musicrl toyworld adherence`` plays: one policy on held-out captions at one sampling setting.
+
+    Attributes:
+        policy_uri: The policy.
+        prompts: Test-split captions, each played once.
+        seed: The corpus seed of the captions and the first generation seed.
+        temperature: Sampling temperature.
+        top_k: Tokens kept per codebook (0 keeps all).
+        guidance_scale: Classifier-free guidance (1 turns it off).
+    """
+
+    policy_uri: str = "toy://musicgen"
+    prompts: int = 120  # what `musicrl toyworld train` judges a policy on
+    seed: int = 0
+    temperature: float = 1.0
+    top_k: int = 250
+    guidance_scale: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.prompts < 1:
+            raise InvalidRequest(f"prompts={self.prompts}: adherence needs at least one caption")
+        self.sampling()  # refuses an impossible setting before any model loads
+
+    def sampling(self) -> SamplingParams:
+        """The sampling setting, for clips as long as the world's."""
+        from musicrl.toyworld.world import CLIP_S  # NumPy, which the CLI's parser does not load
+
+        return SamplingParams(
+            duration_s=CLIP_S, temperature=self.temperature, top_k=self.top_k, guidance_scale=self.guidance_scale
+        )
