@@ -9,6 +9,9 @@ from musicrl.config import SamplingParams
 from musicrl.errors import InvalidRequest
 
 
+_SERVED = SamplingParams()  # what the generator plays when a request names no setting
+
+
 @dataclass(frozen=True, slots=True)
 class JudgeConfig:
     """What to compare, and on what.
@@ -73,9 +76,9 @@ class AdherenceConfig:
     policy_uri: str = "toy://musicgen"
     prompts: int = 120  # what `musicrl toyworld train` judges a policy on
     seed: int = 0
-    temperature: float = 1.0
-    top_k: int = 250
-    guidance_scale: float = 3.0
+    temperature: float = _SERVED.temperature
+    top_k: int = _SERVED.top_k
+    guidance_scale: float = _SERVED.guidance_scale
 
     def __post_init__(self) -> None:
         if self.prompts < 1:
